@@ -1,0 +1,31 @@
+"""Install transfuse_monai: ``pip install -e .`` (requirements are read from requirements.txt)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_requirements(name: str) -> list[str]:
+    lines = (HERE / name).read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+setup(
+    name="transfuse-monai",
+    version="0.1.0",
+    description="TransFuse (Zhang et al., MICCAI 2021) as MONAI networks, losses and bundles",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["transfuse_monai", "transfuse_monai.*"]),
+    install_requires=read_requirements("requirements.txt"),
+    extras_require={"dev": read_requirements("requirements-dev.txt")},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)

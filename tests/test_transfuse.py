@@ -1,0 +1,218 @@
+"""Tests of the TransFuse network: shapes, presets, ablations, weights loading, scripting and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from transfuse_monai.networks.blocks import BIFUSION_COMPONENTS, BiFusion
+from transfuse_monai.networks.nets import TRANSFUSE_PRESETS, TransFuse
+
+AUTHORS_TRANSFUSE_S_PARAMS = 26_248_725  # parameters of the authors' TransFuse_S at 192x256 with one class
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def net_s() -> TransFuse:
+    torch.manual_seed(0)
+    return TransFuse(in_channels=3, out_channels=1, img_size=(352, 352), variant="S")
+
+
+@pytest.mark.parametrize("size", [(192, 256), (352, 352), (320, 320), (448, 448)])
+def test_output_shapes_one_model_several_sizes(net_s, size):
+    x = torch.randn(2, 3, *size)
+    net_s.train()
+    with torch.no_grad():
+        stacked = net_s(x)
+    assert stacked.shape == (2, 3, 1, *size)
+    net_s.eval()
+    with torch.no_grad():
+        out = net_s(x)
+    assert out.shape == (2, 1, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_eval_output_is_first_head_of_training_output(net_s):
+    """Eval returns the final map; in train mode it is stacked first (dropout is the only train/eval difference)."""
+    net_s.eval()
+    x = torch.randn(1, 3, 192, 256)
+    with torch.no_grad():
+        out = net_s(x)
+        net_s.deep_supervision = False
+        try:
+            assert net_s(x).shape == (1, 1, 192, 256)
+        finally:
+            net_s.deep_supervision = True
+    # in train mode with dropout disabled and BN in eval, the first head equals the eval output
+    net_s.train()
+    for m in net_s.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout, torch.nn.Dropout2d)):
+            m.eval()
+    with torch.no_grad():
+        stacked = net_s(x)
+    net_s.eval()
+    torch.testing.assert_close(stacked[:, 0], out, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(stacked[:, 1], stacked[:, 0])
+
+
+def test_parameter_count_matches_authors_model():
+    model = TransFuse(img_size=(192, 256), out_channels=1, variant="S")
+    count = n_params(model)
+    assert abs(count - AUTHORS_TRANSFUSE_S_PARAMS) / AUTHORS_TRANSFUSE_S_PARAMS < 1e-3, count
+
+
+def test_channels_in_2_out_3():
+    model = TransFuse(in_channels=2, out_channels=3, img_size=(320, 320)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 2, 320, 320)).shape == (1, 3, 320, 320)
+    assert model.transformer.patch_embed.proj.in_channels == 2
+    assert model.cnn.conv1.in_channels == 2
+
+
+def test_gradients_reach_both_branches(net_s):
+    net_s.train()
+    net_s.zero_grad()
+    out = net_s(torch.randn(2, 3, 64, 64))
+    out.mean().backward()
+    grads = {
+        "cnn stem": net_s.cnn.conv1.weight.grad,
+        "cnn stage 3": net_s.cnn.layer3[0].downsample[0].weight.grad,
+        "patch embedding": net_s.transformer.patch_embed.proj.weight.grad,
+        "position embedding": net_s.transformer.pos_embed.grad,
+        "first transformer block": net_s.transformer.blocks[0].attn.qkv.weight.grad,
+        "fusion": net_s.fusion0.residual.conv1.conv.weight.grad,
+    }
+    for name, grad in grads.items():
+        assert grad is not None and grad.abs().sum() > 0, f"no gradient reaches the {name}"
+    net_s.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize(
+    "components",
+    [(), ("spatial",), ("spatial", "channel"), ("spatial", "channel", "hadamard")],
+    ids=["concat+res", "+spatial", "+channel", "+hadamard"],
+)
+def test_bifusion_ablation_switches(components):
+    block = BiFusion(2, cnn_channels=8, transformer_channels=12, out_channels=8, reduction=2, components=components)
+    assert hasattr(block, "hadamard_conv") == ("hadamard" in components)
+    assert isinstance(block.spatial_attention, torch.nn.Identity) == ("spatial" not in components)
+    assert isinstance(block.channel_attention, torch.nn.Identity) == ("channel" not in components)
+    expected_in = 8 + 12 + (8 if "hadamard" in components else 0)
+    assert block.residual.norm1.num_features == expected_in
+    out = block.eval()(torch.randn(2, 8, 6, 6), torch.randn(2, 12, 6, 6))
+    assert out.shape == (2, 8, 6, 6)
+
+
+def test_ablation_through_the_network_constructor():
+    full = TransFuse(img_size=(64, 64), cnn_name="resnet18", bifusion=BIFUSION_COMPONENTS)
+    base = TransFuse(img_size=(64, 64), cnn_name="resnet18", bifusion=())
+    assert n_params(base) < n_params(full)
+    assert not hasattr(base.fusion0, "proj_cnn")
+    with torch.no_grad():
+        assert base.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(ValueError, match="Unknown BiFusion component"):
+        TransFuse(img_size=(64, 64), bifusion=("spatial", "dot"))
+
+
+def test_presets_and_overrides():
+    assert TRANSFUSE_PRESETS["S"]["depth"] == 8 and TRANSFUSE_PRESETS["L"]["depth"] == 10
+    model = TransFuse(img_size=(64, 64), variant="S")
+    assert len(model.transformer.blocks) == 8 and model.cnn_name == "resnet34"
+    assert model.transformer.embed_dim == 384
+    custom = TransFuse(img_size=(64, 96), cnn_name="resnet18", vit_name="vit_tiny_patch16_224", depth=3)
+    assert len(custom.transformer.blocks) == 3 and custom.transformer.embed_dim == 192
+    assert custom.transformer.pos_embed.shape == (1, 4 * 6, 192)  # no class token, grid of img_size
+    with torch.no_grad():
+        assert custom.eval()(torch.randn(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+
+
+@pytest.mark.parametrize("variant,cnn_channels,embed_dim,depth", [("L", 1024, 768, 10), ("L*", 1024, 768, 12)])
+def test_large_variants_build(variant, cnn_channels, embed_dim, depth):
+    model = TransFuse(img_size=(64, 64), variant=variant, dropout=0.0)
+    assert model.feature_channels[0] == cnn_channels
+    assert model.transformer.embed_dim == embed_dim and len(model.transformer.blocks) == depth
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_local_weight_files_are_loaded(tmp_path):
+    torch.manual_seed(1)
+    cnn = timm.create_model("resnet18")
+    vit = timm.create_model("vit_tiny_patch16_224")
+    cnn_file, vit_file = tmp_path / "resnet18.pth", tmp_path / "vit_tiny.pth"
+    torch.save(cnn.state_dict(), cnn_file)
+    torch.save({"model": vit.state_dict()}, vit_file)  # the DeiT release format wraps the state dict
+    model = TransFuse(
+        img_size=(224, 224), cnn_name="resnet18", vit_name="vit_tiny_patch16_224", depth=4,
+        cnn_weights=str(cnn_file), vit_weights=vit_file,
+    )
+    torch.testing.assert_close(model.cnn.conv1.weight, cnn.conv1.weight)
+    torch.testing.assert_close(model.cnn.layer3[1].conv2.weight, cnn.layer3[1].conv2.weight)
+    torch.testing.assert_close(model.transformer.blocks[3].mlp.fc2.weight, vit.blocks[3].mlp.fc2.weight)
+    torch.testing.assert_close(model.transformer.pos_embed, vit.pos_embed[:, 1:])  # class token dropped
+    # another input size: the position embedding is resampled from the checkpoint's 14x14 grid
+    small = TransFuse(img_size=(64, 96), cnn_name="resnet18", vit_name="vit_tiny_patch16_224", depth=4,
+                      vit_weights=vit_file)
+    assert small.transformer.pos_embed.shape == (1, 24, 192)
+    torch.testing.assert_close(small.transformer.patch_embed.proj.weight, vit.patch_embed.proj.weight)
+
+
+def test_missing_weight_file_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        TransFuse(img_size=(64, 64), cnn_weights=tmp_path / "nope.pth")
+
+
+def test_pretrained_goes_through_timm_hub(monkeypatch, tmp_path):
+    """``pretrained=True`` resolves timm's default pretrained config and loads through timm's hub loader."""
+    import timm.models._builder as builder
+
+    calls = []
+    real_load = builder.load_pretrained
+
+    def spy(model, pretrained_cfg=None, *args, **kwargs):
+        calls.append(pretrained_cfg)
+        src = {"resnet18": timm.create_model("resnet18"),
+               "vit_tiny_patch16_224": timm.create_model("vit_tiny_patch16_224")}[pretrained_cfg["architecture"]]
+        torch.save(src.state_dict(), tmp_path / "w.pth")
+        # same code path as a hub download, from a local copy of the file the hub would serve
+        return real_load(model, {**pretrained_cfg, "file": str(tmp_path / "w.pth"), "custom_load": False}, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "load_pretrained", spy)
+    TransFuse(img_size=(64, 64), cnn_name="resnet18", vit_name="vit_tiny_patch16_224", depth=2, pretrained=True)
+    archs = sorted(cfg["architecture"] for cfg in calls)
+    assert archs == ["resnet18", "vit_tiny_patch16_224"]
+    assert all(cfg.get("hf_hub_id") for cfg in calls), "expected timm's hub configuration"
+
+
+def test_torchscript_matches_eager(net_s):
+    net_s.eval()
+    scripted = torch.jit.script(net_s)
+    x = torch.randn(1, 3, 192, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net_s(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [((1, 3, 100, 352), "multiples of 16"), ((1, 3, 352, 350), "multiples of 16"), ((1, 1, 352, 352), "3 input ch"),
+     ((3, 352, 352), "dimensions")],
+)
+def test_bad_input_gives_clear_error(net_s, shape, match):
+    net_s.eval()
+    with pytest.raises(ValueError, match=match):
+        net_s(torch.randn(*shape))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"img_size": (100, 352)}, "multiples of 16"), ({"variant": "XL"}, "Unknown TransFuse variant"),
+     ({"spatial_dims": 3}, "2D network"), ({"depth": 20}, "depth must be"), ({"dropout": 1.5}, "dropout")],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    args = {"img_size": (64, 64), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        TransFuse(**args)

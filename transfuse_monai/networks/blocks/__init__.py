@@ -1,0 +1,18 @@
+"""Building blocks of TransFuse."""
+
+from transfuse_monai.networks.blocks.backbones import ViTEncoder, create_cnn_encoder, create_timm_model, select_feature_indices
+from transfuse_monai.networks.blocks.bifusion import BIFUSION_COMPONENTS, BiFusion, PreActBottleneck, SpatialAttention
+from transfuse_monai.networks.blocks.upsample import AttentionGatedUpBlock, ResidualUpBlock
+
+__all__ = [
+    "BIFUSION_COMPONENTS",
+    "AttentionGatedUpBlock",
+    "BiFusion",
+    "PreActBottleneck",
+    "ResidualUpBlock",
+    "SpatialAttention",
+    "ViTEncoder",
+    "create_cnn_encoder",
+    "create_timm_model",
+    "select_feature_indices",
+]

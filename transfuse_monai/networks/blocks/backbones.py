@@ -1,0 +1,167 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
+"""timm backbones of the two TransFuse branches, with hub or local-file pretrained weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["create_timm_model", "select_feature_indices", "create_cnn_encoder", "ViTEncoder"]
+
+
+def create_timm_model(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None, **kwargs):
+    """Create a timm model, optionally with pretrained weights.
+
+    Args:
+        name: timm model name, e.g. ``"resnet34"`` or ``"deit_small_patch16_224"`` (a pretrained tag such as
+            ``"resnet34.tv_in1k"`` selects specific weights).
+        pretrained: load the model's default pretrained weights through timm's normal hub mechanism (Hugging Face
+            hub or download URL, cached under ``$HF_HOME`` / ``$TORCH_HOME``); needs network access the first time.
+        weights: path of a local checkpoint of the full timm (or torchvision / DeiT) classification model, for
+            offline use. It goes through timm's own checkpoint filtering, so position embeddings are resampled to
+            ``img_size`` and the first convolution adapted to ``in_chans`` exactly as for hub weights. PyTorch
+            (``.pth``/``.bin``) and safetensors state dicts are accepted, and ``.npz`` JAX releases for ViTs.
+        kwargs: forwarded to :func:`timm.create_model`.
+
+    Raises:
+        FileNotFoundError: ``weights`` is given but is not a file.
+    """
+    import timm
+
+    if weights is not None:
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Pretrained weights file for timm model '{name}' not found: {path}")
+        # a .npz file is an original JAX/Flax ViT release (timm's custom loader); anything else a torch state dict
+        overlay = {"file": path, "custom_load": path.endswith(".npz")}
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def select_feature_indices(name: str, reductions: Sequence[int] = (4, 8, 16)) -> list[int]:
+    """Indices of a timm CNN's ``features_only`` outputs whose strides are ``reductions``.
+
+    The model is instantiated on the meta device, so nothing is allocated or downloaded.
+
+    Raises:
+        ValueError: the model has no feature map at one of the requested strides.
+    """
+    import timm
+
+    with torch.device("meta"):
+        probe = timm.create_model(name, features_only=True, pretrained=False)
+    available = list(probe.feature_info.reduction())
+    missing = [r for r in reductions if r not in available]
+    if missing:
+        raise ValueError(
+            f"CNN '{name}' has feature maps at strides {available}; TransFuse needs strides {list(reductions)} "
+            f"(missing {missing}). Pass cnn_out_indices explicitly or choose another CNN."
+        )
+    return [available.index(r) for r in reductions]
+
+
+def create_cnn_encoder(
+    name: str,
+    in_channels: int,
+    out_indices: Sequence[int] | None = None,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+) -> nn.Module:
+    """A timm ``features_only`` CNN returning feature maps at strides 4, 8 and 16 (its last stage is dropped).
+
+    Args:
+        name: timm CNN name (``"resnet34"``, ``"res2net50_26w_4s"``, ``"resnetv2_50x1_bit"``, ...).
+        in_channels: number of input channels.
+        out_indices: ``features_only`` indices of the stride 4, 8, 16 maps; found automatically when ``None``.
+        pretrained: load timm's default pretrained weights (hub).
+        weights: local checkpoint path (offline), see :func:`create_timm_model`.
+    """
+    if out_indices is None:
+        out_indices = select_feature_indices(name)
+    return create_timm_model(
+        name, pretrained=pretrained, weights=weights, features_only=True, out_indices=tuple(out_indices),
+        in_chans=in_channels,
+    )
+
+
+class ViTEncoder(nn.Module):
+    """Transformer branch of TransFuse built from a timm ViT/DeiT: patch embedding, position embedding without a
+    class token, the first ``depth`` encoder blocks and the final LayerNorm, reshaped to a feature map.
+
+    The position embedding is kept at the grid of ``img_size // patch_size`` and resampled (bicubic) on the fly when
+    an input of another size arrives, so one model serves several input sizes (multi-scale training).
+
+    Args:
+        name: timm ViT/DeiT name, e.g. ``"deit_small_patch16_224"``.
+        in_channels: number of input channels.
+        img_size: the nominal input size ``(H, W)``.
+        depth: number of encoder blocks to keep (``None``: all).
+        pretrained: load timm's default pretrained weights (hub).
+        weights: local checkpoint path (offline), see :func:`create_timm_model`.
+        drop_path_rate: stochastic depth rate of the kept blocks.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        in_channels: int,
+        img_size: Sequence[int],
+        depth: int | None = None,
+        pretrained: bool = False,
+        weights: str | os.PathLike | None = None,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        vit = create_timm_model(
+            name,
+            pretrained=pretrained,
+            weights=weights,
+            in_chans=in_channels,
+            img_size=tuple(img_size),
+            num_classes=0,
+            dynamic_img_size=True,
+            drop_path_rate=drop_path_rate,
+        )
+        for attr in ("patch_embed", "pos_embed", "blocks", "norm"):
+            if not hasattr(vit, attr) or getattr(vit, attr) is None:
+                raise ValueError(f"timm model '{name}' is not a ViT/DeiT with an absolute position embedding.")
+        total = len(vit.blocks)
+        depth = total if depth is None else int(depth)
+        if not 1 <= depth <= total:
+            raise ValueError(f"depth must be in [1, {total}] for '{name}', got {depth}.")
+        patch = vit.patch_embed.patch_size
+        if tuple(patch) != (16, 16):
+            raise ValueError(f"TransFuse needs a 16x16 patch embedding; '{name}' uses {tuple(patch)}.")
+        self.embed_dim: int = int(vit.embed_dim)
+        self.grid_size: tuple[int, int] = (int(vit.patch_embed.grid_size[0]), int(vit.patch_embed.grid_size[1]))
+        self.patch_embed = vit.patch_embed  # outputs NHWC tokens (timm's dynamic_img_size mode)
+        pos = vit.pos_embed.detach()
+        if not getattr(vit, "no_embed_class", False):
+            pos = pos[:, vit.num_prefix_tokens :]
+        self.pos_embed = nn.Parameter(pos.clone())
+        self.pos_drop = vit.pos_drop
+        self.norm_pre = vit.norm_pre
+        self.blocks = nn.Sequential(*list(vit.blocks)[:depth])
+        self.norm = vit.norm
+        del vit
+
+    def resampled_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The position embedding at a ``(grid_h, grid_w)`` token grid, shape ``(1, grid_h * grid_w, embed_dim)``."""
+        if grid_h == self.grid_size[0] and grid_w == self.grid_size[1]:
+            return self.pos_embed
+        pos = self.pos_embed.reshape(1, self.grid_size[0], self.grid_size[1], self.embed_dim).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos.float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return pos.to(self.pos_embed.dtype).flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map images ``(B, C, H, W)`` to transformer features ``(B, embed_dim, H/16, W/16)``."""
+        x = self.patch_embed(x)  # (B, H/16, W/16, E)
+        b, gh, gw, e = x.shape
+        x = self.pos_drop(x.reshape(b, gh * gw, e) + self.resampled_pos_embed(gh, gw))
+        x = self.norm(self.blocks(self.norm_pre(x)))
+        return x.transpose(1, 2).reshape(b, e, gh, gw)

@@ -1,0 +1,6 @@
+"""TransFuse networks."""
+
+from transfuse_monai.networks.nets.convert import convert_authors_state_dict
+from transfuse_monai.networks.nets.transfuse import TRANSFUSE_PRESETS, TransFuse
+
+__all__ = ["TRANSFUSE_PRESETS", "TransFuse", "convert_authors_state_dict"]

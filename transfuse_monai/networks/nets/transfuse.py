@@ -1,0 +1,236 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
+"""TransFuse: fusing transformers and CNNs for medical image segmentation.
+
+Reference:
+    Zhang, Liu, Hu. "TransFuse: Fusing Transformers and CNNs for Medical Image Segmentation", MICCAI 2021,
+    https://arxiv.org/abs/2102.08005
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monai.networks.blocks import Convolution
+from monai.utils import ensure_tuple_rep
+
+from transfuse_monai.networks.blocks.backbones import ViTEncoder, create_cnn_encoder
+from transfuse_monai.networks.blocks.bifusion import BIFUSION_COMPONENTS, BiFusion
+from transfuse_monai.networks.blocks.upsample import AttentionGatedUpBlock, ResidualUpBlock
+
+__all__ = ["TRANSFUSE_PRESETS", "TransFuse"]
+
+#: Backbone presets of the paper's variants: CNN (timm name), transformer (timm name), transformer depth.
+TRANSFUSE_PRESETS: dict[str, dict] = {
+    "S": {"cnn_name": "resnet34", "vit_name": "deit_small_patch16_224", "depth": 8},
+    "L": {"cnn_name": "res2net50_26w_4s", "vit_name": "deit_base_patch16_224", "depth": 10},
+    "L*": {"cnn_name": "resnetv2_50x1_bit", "vit_name": "vit_base_patch16_224", "depth": 12},
+}
+
+_RELU = ("relu", {"inplace": True})
+PATCH_SIZE = 16
+
+
+def _head(spatial_dims: int, in_channels: int, hidden: int, out_channels: int, reduce_1x1: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    if reduce_1x1:
+        layers.append(Convolution(spatial_dims, in_channels, hidden, kernel_size=1, act=_RELU, norm="batch",
+                                  adn_ordering="NA"))
+        in_channels = hidden
+    layers.append(Convolution(spatial_dims, in_channels, hidden, kernel_size=3, act=_RELU, norm="batch",
+                              adn_ordering="NA"))
+    layers.append(Convolution(spatial_dims, hidden, out_channels, kernel_size=3, conv_only=True))
+    return nn.Sequential(*layers)
+
+
+class TransFuse(nn.Module):
+    """TransFuse segmentation network (Zhang et al., MICCAI 2021).
+
+    Two branches run in parallel on the input: a transformer (timm ViT/DeiT without class token, truncated to
+    ``depth`` blocks, final LayerNorm, then two bilinear-x2 residual upsampling stages giving ``t0`` (H/16),
+    ``t1`` (H/8), ``t2`` (H/4)) and a CNN (timm ``features_only``, last stage removed, giving ``g0`` (H/16),
+    ``g1`` (H/8), ``g2`` (H/4)). A :class:`~transfuse_monai.networks.blocks.BiFusion` module fuses each scale
+    (``f0``, ``f1``, ``f2``); the fused maps are merged top-down by attention-gated up-sampling blocks.
+
+    Three heads give deep supervision: on the final fused map, on the transformer's ``t2`` and on the deepest fusion
+    ``f0``, each resized (bilinear) to the input size. In training mode (with ``deep_supervision``) the network
+    returns the three stacked as ``(B, 3, out_channels, H, W)`` in that order (final, transformer, deepest fusion),
+    MONAI's :class:`~monai.networks.nets.DynUNet` convention; in eval mode it returns the final map
+    ``(B, out_channels, H, W)`` only. Outputs are logits.
+
+    Presets (``variant``): ``"S"`` ResNet-34 + DeiT-S (8 blocks), ``"L"`` Res2Net-50 + DeiT-B (10 blocks),
+    ``"L*"`` ResNetV2-50 (BiT) + ViT-B/16 (12 blocks). ``cnn_name``, ``vit_name`` and ``depth`` override the preset,
+    so any timm CNN with stride 4/8/16 features and any timm ViT/DeiT with 16x16 patches can be paired.
+
+    Args:
+        in_channels: number of input channels.
+        out_channels: number of output channels (classes; one logit map per class, sigmoid activation).
+        img_size: nominal input size ``(H, W)``, multiples of 16. It fixes the stored position-embedding grid;
+            other multiples of 16 are accepted at run time (the embedding is interpolated).
+        variant: ``"S"``, ``"L"`` or ``"L*"``.
+        cnn_name: timm CNN name overriding the preset.
+        vit_name: timm ViT/DeiT name overriding the preset.
+        depth: number of transformer blocks overriding the preset.
+        pretrained: load ImageNet weights of both branches through timm's hub loading (needs network access once).
+        cnn_weights: local checkpoint of the CNN (a full classification-model state dict) for offline use.
+        vit_weights: local checkpoint of the ViT/DeiT for offline use.
+        cnn_out_indices: timm ``features_only`` indices of the stride 4, 8, 16 maps (found automatically if None).
+        bifusion: enabled BiFusion components, a subset of ``("spatial", "channel", "hadamard")``; ``()`` is the
+            paper's "Concat+Res" ablation baseline.
+        dropout: ``Dropout2d`` rate on branch features (the fusion modules use half of it).
+        drop_path_rate: stochastic depth of the transformer blocks.
+        align_corners: ``align_corners`` of the heads' final bilinear resize (the authors' current code uses True;
+            their released ISIC checkpoint was trained with False).
+        deep_supervision: return the three stacked head outputs in training mode.
+        spatial_dims: number of spatial dimensions; only 2 is supported.
+
+    Raises:
+        ValueError: on an unknown variant, a size that is not a multiple of 16, unsupported ``spatial_dims``, or
+            backbones that do not fit.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        img_size: Sequence[int] | int = (352, 352),
+        variant: str = "S",
+        cnn_name: str | None = None,
+        vit_name: str | None = None,
+        depth: int | None = None,
+        pretrained: bool = False,
+        cnn_weights: str | os.PathLike | None = None,
+        vit_weights: str | os.PathLike | None = None,
+        cnn_out_indices: Sequence[int] | None = None,
+        bifusion: Sequence[str] = BIFUSION_COMPONENTS,
+        dropout: float = 0.2,
+        drop_path_rate: float = 0.0,
+        align_corners: bool = True,
+        deep_supervision: bool = True,
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(f"TransFuse is a 2D network: spatial_dims must be 2, got {spatial_dims}.")
+        if variant not in TRANSFUSE_PRESETS:
+            raise ValueError(f"Unknown TransFuse variant '{variant}'; choose one of {sorted(TRANSFUSE_PRESETS)}.")
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}.")
+        img_size = ensure_tuple_rep(img_size, 2)
+        if any(int(s) <= 0 or int(s) % PATCH_SIZE for s in img_size):
+            raise ValueError(f"img_size must be positive multiples of {PATCH_SIZE}, got {tuple(img_size)}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        preset = TRANSFUSE_PRESETS[variant]
+        self.variant = variant
+        self.cnn_name: str = cnn_name or preset["cnn_name"]
+        self.vit_name: str = vit_name or preset["vit_name"]
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.img_size: tuple[int, int] = (int(img_size[0]), int(img_size[1]))
+        self.align_corners = bool(align_corners)
+        self.deep_supervision = bool(deep_supervision)
+
+        # --- the two encoders
+        self.transformer = ViTEncoder(
+            self.vit_name,
+            in_channels,
+            self.img_size,
+            depth=preset["depth"] if depth is None and vit_name is None else depth,
+            pretrained=pretrained,
+            weights=vit_weights,
+            drop_path_rate=drop_path_rate,
+        )
+        self.cnn = create_cnn_encoder(
+            self.cnn_name, in_channels, out_indices=cnn_out_indices, pretrained=pretrained, weights=cnn_weights
+        )
+        c4, c8, c16 = (int(c) for c in self.cnn.feature_info.channels())
+        embed_dim = self.transformer.embed_dim
+        self.feature_channels = (c16, c8, c4)
+
+        # --- transformer branch upsampling: t0 (H/16, E) -> t1 (H/8, c8) -> t2 (H/4, c4)
+        self.transformer_up1 = ResidualUpBlock(spatial_dims, embed_dim, c8)
+        self.transformer_up2 = ResidualUpBlock(spatial_dims, c8, c4)
+
+        # --- BiFusion per scale and the attention-gated top-down decoder
+        components = tuple(bifusion)
+        half = dropout / 2
+        self.fusion0 = BiFusion(spatial_dims, c16, embed_dim, c16, reduction=4, components=components, dropout=half)
+        self.fusion1 = BiFusion(spatial_dims, c8, c8, c8, reduction=2, components=components, dropout=half)
+        self.fusion2 = BiFusion(spatial_dims, c4, c4, c4, reduction=1, components=components, dropout=half)
+        self.decoder1 = AttentionGatedUpBlock(spatial_dims, c16, c8, c8)
+        self.decoder2 = AttentionGatedUpBlock(spatial_dims, c8, c4, c4)
+
+        # --- heads: final fused map, transformer t2, deepest fusion f0
+        self.head_final = _head(spatial_dims, c4, c4, out_channels, reduce_1x1=False)
+        self.head_transformer = _head(spatial_dims, c4, c4, out_channels, reduce_1x1=False)
+        self.head_fusion = _head(spatial_dims, c16, c4, out_channels, reduce_1x1=True)
+        self.dropout = nn.Dropout2d(dropout)
+
+        for module in (self.transformer_up1, self.transformer_up2, self.fusion0, self.fusion1, self.fusion2,
+                       self.decoder1, self.decoder2, self.head_final, self.head_transformer, self.head_fusion):
+            module.apply(_init_weights)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"TransFuse expects a (B, C, H, W) tensor, got {x.dim()} dimensions.")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"TransFuse was built for {self.in_channels} input channels, got {x.shape[1]}.")
+        if x.shape[2] % 16 != 0 or x.shape[3] % 16 != 0:
+            raise ValueError(
+                f"TransFuse needs H and W to be multiples of 16, got {x.shape[2]}x{x.shape[3]}; "
+                "resize or pad the input (e.g. monai.transforms.DivisiblePad(k=16))."
+            )
+
+    def _encode_cnn(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # Run the timm feature extractor stage by stage so that dropout on a returned stage also feeds the next one.
+        features: list[torch.Tensor] = []
+        for name, module in self.cnn.items():
+            x = module(x)
+            if name in self.cnn.return_layers:
+                x = self.dropout(x)
+                features.append(x)
+        return features
+
+    def _resize(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: images ``(B, in_channels, H, W)``, H and W multiples of 16.
+
+        Returns:
+            logits ``(B, out_channels, H, W)`` in eval mode; ``(B, 3, out_channels, H, W)`` (final, transformer,
+            deepest fusion) in training mode with deep supervision.
+        """
+        self._check_input(x)
+        size = [int(x.shape[2]), int(x.shape[3])]
+        t0 = self.dropout(self.transformer(x))
+        t1 = self.dropout(self.transformer_up1(t0))
+        t2 = self.dropout(self.transformer_up2(t1))
+        g2, g1, g0 = self._encode_cnn(x)
+
+        f0 = self.fusion0(g0, t0)
+        f1 = self.fusion1(g1, t1)
+        f2 = self.fusion2(g2, t2)
+        out = self._resize(self.head_final(self.decoder2(self.decoder1(f0, f1), f2)), size)
+        if not (self.training and self.deep_supervision):
+            return out
+        out_t = self._resize(self.head_transformer(t2), size)
+        out_f = self._resize(self.head_fusion(f0), size)
+        return torch.stack([out, out_t, out_f], dim=1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """He (fan-in) normal initialisation of the decoder's convolutions, as in the paper's reference training."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
