@@ -12,8 +12,10 @@ from .datalists import (
     validate_datalist,
 )
 from .synthetic import make_synthetic_isic2017_dataset, make_synthetic_pranet_dataset
+from .writers import AtomicPILWriter
 
 __all__ = [
+    "AtomicPILWriter",
     "IMAGE_EXTENSIONS",
     "ISIC2017_SPLITS",
     "PRANET_TEST_SETS",
