@@ -22,7 +22,11 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["transfuse_monai", "transfuse_monai.*"]),
     install_requires=read_requirements("requirements.txt"),
-    extras_require={"dev": read_requirements("requirements-dev.txt")},
+    extras_require={
+        "dev": read_requirements("requirements-dev.txt"),
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+    },
+    entry_points={"console_scripts": ["transfuse-export=transfuse_monai.export:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Medical Science Apps.",

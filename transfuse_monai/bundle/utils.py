@@ -13,7 +13,7 @@ from pathlib import Path
 from transfuse_monai.data.datalists import IMAGE_EXTENSIONS
 from transfuse_monai.data.synthetic import make_synthetic_isic2017_dataset, make_synthetic_pranet_dataset
 
-__all__ = ["DEMO_MARKER", "as_bool", "find_bundle_root", "resolve_dataset", "is_demo_dataset", "grouped_datalist", "image_datalist"]
+__all__ = ["DEMO_MARKER", "as_bool", "find_bundle_root", "resolve_dataset", "is_demo_dataset", "is_demo_datalist", "grouped_datalist", "image_datalist"]
 
 logger = logging.getLogger("transfuse_monai.bundle")
 
@@ -70,6 +70,21 @@ def is_demo_dataset(dataset_dir: str | os.PathLike) -> bool:
     return (Path(dataset_dir) / DEMO_MARKER).is_file()
 
 
+def is_demo_datalist(datalist: Sequence[Mapping], key: str = "image", levels: int = 4) -> bool:
+    """Whether a datalist's items come from a generated demo sample (:data:`DEMO_MARKER` in a parent folder).
+
+    Bundles base their demo settings on the data actually used, so a datalist given from outside (MONAI Label's
+    ``train#dataset#data`` override, say) never switches a run into demo mode.
+    """
+    if not datalist:
+        return False
+    parent = Path(str(datalist[0][key])).resolve().parent
+    for folder in [parent, *parent.parents][:levels]:
+        if (folder / DEMO_MARKER).is_file():
+            return True
+    return False
+
+
 def resolve_dataset(dataset_dir: str | os.PathLike, layout: str, demo_dir: str | os.PathLike) -> str:
     """Return ``dataset_dir`` if it holds a dataset of ``layout``; otherwise generate a small synthetic sample in
     ``demo_dir`` (once) and return that, warning loudly that the run is a demo on generated data.
@@ -108,9 +123,12 @@ def grouped_datalist(groups: Mapping[str, Sequence[dict]], key: str = "set") -> 
     return out
 
 
-def image_datalist(source: str | os.PathLike | Sequence) -> list[dict]:
+def image_datalist(source: str | os.PathLike | Sequence, exclude_suffixes: Sequence[str] = ()) -> list[dict]:
     """Datalist ``[{"image": path}, ...]`` for inference from a folder of images, a JSON datalist file (a list, or a
     dict with a ``"testing"``/``"test"``/``"data"`` list, of paths or ``{"image": path}`` items), or a list.
+
+    ``exclude_suffixes`` skips the files of a folder whose stem ends with one of them (e.g. ``("_superpixels",)``
+    for the ISIC 2017 data folders, which also hold superpixel maps).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
@@ -122,6 +140,7 @@ def image_datalist(source: str | os.PathLike | Sequence) -> list[dict]:
             files = sorted(
                 p for p in path.iterdir()
                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(p.stem.endswith(sfx) for sfx in exclude_suffixes)
             )
             items: list = [str(p) for p in files]
         elif path.is_file():

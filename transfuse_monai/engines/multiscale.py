@@ -90,7 +90,7 @@ class MultiScaleIteration:
             output = engine._iteration(engine, scaled)
             engine.fire_event(IterationEvents.INNER_ITERATION_COMPLETED)
             first = output[0] if isinstance(output, list) else output
-            losses.append(float(first[Keys.LOSS]))
+            losses.append(float(torch.as_tensor(first[Keys.LOSS]).detach()))
             if scale == best:
                 kept, kept_batch = output, engine.state.batch
         mean_loss = sum(losses) / len(losses)
