@@ -25,13 +25,9 @@ SCALES = (0.75, 1.0, 1.25)  # -> 24, 32, 40 with multiple 8
 SIZES = {0.75: 24, 1.0: 32, 1.25: 40}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny CPU models run much faster without intra-op thread contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(autouse=True)
+def _single_thread(single_thread):
+    """Every test here runs tiny CPU models: one intra-op thread (see conftest)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------

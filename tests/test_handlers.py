@@ -20,13 +20,9 @@ from monai.utils import CommonKeys as Keys
 from transfuse_monai.handlers import GradientClipping, ResumableCheckpoint, SegmentationMetricsReport, format_table
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny CPU models run much faster without intra-op thread contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(autouse=True)
+def _single_thread(single_thread):
+    """Every test here runs tiny CPU models: one intra-op thread (see conftest)."""
 
 
 def _grad_norm(params) -> float:

@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +66,26 @@ def load_bundle_network(
     return net.eval(), (int(image["num_channels"]), *spatial)
 
 
-def _replace(tmp: Path, final: Path) -> Path:
-    os.replace(tmp, final)
-    return final
+def _export_verified(
+    final: str | os.PathLike, write: Callable[[str], None], run: Callable[[str, torch.Tensor], np.ndarray],
+    net: torch.nn.Module, shape: Sequence[int], atol: float, what: str,
+) -> float:
+    """Write with ``write(tmp_path)``, compare ``run(tmp_path, x)`` with eager ``net(x)`` on a batch of 2, and move
+    the file into place only when they agree within ``atol``; return the max abs error."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
+    try:
+        write(str(tmp))
+        x = torch.randn(2, *shape)
+        with torch.no_grad():
+            err = float(np.abs(np.asarray(run(str(tmp), x)) - net(x).numpy()).max())
+        if err > atol:
+            raise RuntimeError(f"{what} output differs from eager PyTorch by {err:.3g} (> {atol}).")
+        os.replace(tmp, final)
+        return err
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_torchscript(
@@ -80,24 +97,18 @@ def export_torchscript(
 
     root, meta, infer = _bundle_paths(bundle_dir)
     net, shape = load_bundle_network(root, ckpt, **overrides)
-    final = Path(filepath)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
-    try:
+
+    def write(path: str) -> None:
         ckpt_export(
-            net_id="network_def", filepath=str(tmp), ckpt_file=str(ckpt or root / "models" / "model.pt"),
+            net_id="network_def", filepath=path, ckpt_file=str(ckpt or root / "models" / "model.pt"),
             meta_file=str(meta), config_file=str(infer), bundle_root=str(root), **overrides,
         )
-        scripted = torch.jit.load(str(tmp))
-        x = torch.randn(2, *shape)
+
+    def run(path: str, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            err = float((scripted(x) - net(x)).abs().max())
-        if err > atol:
-            raise RuntimeError(f"TorchScript output differs from eager by {err:.3g} (> {atol}).")
-        _replace(tmp, final)
-        return err
-    finally:
-        tmp.unlink(missing_ok=True)
+            return torch.jit.load(path)(x).numpy()
+
+    return _export_verified(filepath, write, run, net, shape, atol, "TorchScript")
 
 
 def export_onnx(
@@ -108,27 +119,19 @@ def export_onnx(
     import onnxruntime as ort
 
     net, shape = load_bundle_network(bundle_dir, ckpt, **overrides)
-    final = Path(filepath)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
-    try:
+
+    def write(path: str) -> None:
         example = torch.randn(2, *shape)  # batch 1 would be specialised by torch.export
-        batch = torch.export.Dim("batch", min=1, max=1024)
         torch.onnx.export(
-            net, (example,), str(tmp), input_names=["image"], output_names=["pred"], opset_version=opset,
-            dynamo=True, dynamic_shapes={"x": {0: batch}}, external_data=False,
+            net, (example,), path, input_names=["image"], output_names=["pred"], opset_version=opset, dynamo=True,
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}}, external_data=False,
         )
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        x = torch.randn(2, *shape)
-        (out,) = session.run(None, {"image": x.numpy()})
-        with torch.no_grad():
-            err = float(np.abs(out - net(x).numpy()).max())
-        if err > atol:
-            raise RuntimeError(f"ONNX Runtime output differs from eager by {err:.3g} (> {atol}).")
-        _replace(tmp, final)
-        return err
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def run(path: str, x: torch.Tensor) -> np.ndarray:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {"image": x.numpy()})[0]
+
+    return _export_verified(filepath, write, run, net, shape, atol, "ONNX Runtime")
 
 
 def export_bundle(
