@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -99,10 +100,19 @@ def export_torchscript(
     net, shape = load_bundle_network(root, ckpt, **overrides)
 
     def write(path: str) -> None:
-        ckpt_export(
-            net_id="network_def", filepath=path, ckpt_file=str(ckpt or root / "models" / "model.pt"),
-            meta_file=str(meta), config_file=str(infer), bundle_root=str(root), **overrides,
-        )
+        config_file = infer
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            if overrides:
+                # ckpt_export embeds the config file as written: embed the overridden one, so consumers of the
+                # TorchScript file (MONAI Deploy) use the same settings (e.g. image_size) as the exported network
+                config = json.loads(infer.read_text())
+                config.update(overrides)
+                config_file = Path(tmp_dir) / infer.name
+                config_file.write_text(json.dumps(config, indent=4))
+            ckpt_export(
+                net_id="network_def", filepath=path, ckpt_file=str(ckpt or root / "models" / "model.pt"),
+                meta_file=str(meta), config_file=str(config_file), bundle_root=str(root),
+            )
 
     def run(path: str, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
