@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from transfuse_monai.data.datalists import IMAGE_EXTENSIONS
+from transfuse_monai.data.datalists import IMAGE_EXTENSIONS, ISIC2017_SPLITS
 from transfuse_monai.data.synthetic import make_synthetic_isic2017_dataset, make_synthetic_pranet_dataset
 
 __all__ = ["DEMO_MARKER", "as_bool", "find_bundle_root", "resolve_dataset", "is_demo_dataset", "is_demo_datalist", "grouped_datalist", "image_datalist"]
@@ -59,7 +59,9 @@ _LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[..., str]]] = {
         ),
     ),
     "isic2017": (
-        lambda root: any((root / d).is_dir() for d in ("ISIC-2017_Training_Data", "train", "val", "test")),
+        lambda root: any(
+            (root / d).is_dir() for d in (*(names[0] for names in ISIC2017_SPLITS.values()), "train", "val", "test")
+        ),
         lambda root: make_synthetic_isic2017_dataset(root, n_train=12, n_val=4, n_test=4, size=(96, 128)),
     ),
 }

@@ -66,8 +66,10 @@ class SegmentationMetricsReport:
         name_key: batch key holding each item's name (the image file stem is used otherwise).
         prefix: file name prefix.
         pred_key: key of the prediction in the engine output.
-        label_key: key of the label in the engine output.
+        label_key: key of the label in the engine output (or, when the output lacks it, in the batch: keys that
+            preprocessing adds, e.g. a copy of the mask at its original size, stay in the batch).
         print_table: print the table to stdout (otherwise it is logged at INFO level).
+        title: a line printed (or logged) above the table, to tell apart several reports of one run.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class SegmentationMetricsReport:
         label_key: str = Keys.LABEL,
         image_key: str = Keys.IMAGE,
         print_table: bool = True,
+        title: str | None = None,
     ) -> None:
         self.metric_fn = metric_fn
         self.output_dir = Path(output_dir)
@@ -91,6 +94,7 @@ class SegmentationMetricsReport:
         self.label_key = label_key
         self.image_key = image_key
         self.print_table = print_table
+        self.title = title
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, dict[str, float]] = {}
 
@@ -110,7 +114,8 @@ class SegmentationMetricsReport:
         if isinstance(output, Mapping):  # not decollated: a single item
             batch, output = [batch], [output]
         for b, o in zip(batch, output):
-            pred, label = o[self.pred_key], o[self.label_key]
+            pred = o[self.pred_key]
+            label = o[self.label_key] if self.label_key in o else b[self.label_key]
             pred = pred.detach().float().cpu() if isinstance(pred, torch.Tensor) else torch.as_tensor(pred).float()
             label = label.detach().cpu() if isinstance(label, torch.Tensor) else torch.as_tensor(label)
             if pred.shape != label.shape:
@@ -160,6 +165,8 @@ class SegmentationMetricsReport:
             for m in metrics:
                 engine.state.metrics[f"{group}/{m}"] = values[m]
         table = format_table(self.summary, metrics)
+        if self.title:
+            table = f"{self.title}\n{table}"
         if self.print_table:
             print(table, flush=True)
         else:

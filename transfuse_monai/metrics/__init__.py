@@ -1,4 +1,7 @@
-"""Evaluation metrics for polyp segmentation (see :mod:`transfuse_monai.metrics.polyp`)."""
+"""Evaluation metrics: polyp segmentation (:mod:`~transfuse_monai.metrics.polyp`) and per-image binary Jaccard /
+Dice / accuracy (:mod:`~transfuse_monai.metrics.binary`, ISIC 2017)."""
+
+from .binary import BINARY_METRIC_KEYS, BinarySegmentationMetrics, binary_segmentation_metrics
 
 from .polyp import (
     EPS,
@@ -14,6 +17,9 @@ from .polyp import (
 )
 
 __all__ = [
+    "BINARY_METRIC_KEYS",
+    "BinarySegmentationMetrics",
+    "binary_segmentation_metrics",
     "EPS",
     "METRIC_KEYS",
     "PolypMetrics",
