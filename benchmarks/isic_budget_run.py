@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_common import REPO, config_list, fmt_seconds, rel, run_logged, shown  # noqa: E402
+from budget_common import fmt_value as _f  # noqa: E402
+
 CONFIGS = REPO / "bundles" / "isic2017" / "configs"
 METRICS = ("jaccard", "dice", "accuracy")
 #: TransFuse-S in the paper (ISIC 2017 test set, 192x256, ImageNet-pretrained backbones, 25 epochs on a GPU).
@@ -103,43 +102,6 @@ def budget_override(limit_sec: int, val_every: int) -> dict:
     return override
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "n/a"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def rel(path: Path) -> str:
-    """``path`` relative to the repository root (where the commands run), for readable command lines."""
-    return os.path.relpath(path, REPO)
-
-
-def shown(cmd: list[str]) -> str:
-    """The command line as a user would type it from the repository root."""
-    return shlex.join(["python", *cmd[1:]] if cmd[0] == sys.executable else cmd)
-
-
-def config_list(files: list[Path]) -> str:
-    return "[" + ",".join(json.dumps(rel(f)) for f in files) + "]"
-
-
-def run_logged(cmd: list[str], log_path: Path, env: dict) -> float:
-    """Run ``cmd`` from the repository root with its output in ``log_path``; return the wall time; exit on failure."""
-    print(f"$ {shown(cmd)}\n  (log: {rel(log_path)})", flush=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write(f"$ {shown(cmd)}\n\n")
-        log.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        print("\n".join(log_path.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
-        raise SystemExit(f"command failed with exit code {proc.returncode} after {wall:.0f} s; see {log_path}")
-    print(f"  done in {fmt_seconds(wall)} (m:ss)", flush=True)
-    return wall
-
-
 def check_data(data: Path) -> None:
     """Refuse to run without the real data: the bundle would otherwise train on a generated demo sample."""
     from transfuse_monai.data import ISIC2017_SPLITS
@@ -155,10 +117,6 @@ def check_data(data: Path) -> None:
             f"ISIC 2017 data not found in '{data}': " + "; ".join(problems) + ". Pass --data <root> (the official "
             "layout or <root>/{train,val}/{images,masks}, e.g. ../shared/data/isic2017)."
         )
-
-
-def _f(v, digits: int = 4) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def results_table(results: list[dict], size: tuple[int, int]) -> str:

@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_common import REPO, config_list, fmt_seconds, rel, run_logged, shown  # noqa: E402
+from budget_common import fmt_value as _f  # noqa: E402
+
 CONFIGS = REPO / "bundles" / "polyp" / "configs"
 TEST_SETS = ("Kvasir", "CVC-ClinicDB")
 METRICS = ("dice", "iou", "s_measure", "mean_e_measure", "weighted_f_measure", "mae")
@@ -124,45 +123,6 @@ def budget_override(limit_sec: int, val_every: int | None, clock: str = "wall", 
     if val_every:
         override["train#trainer#epoch_length"] = int(val_every)
     return override
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "n/a"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def shown(cmd: list[str]) -> str:
-    """The command line as a user would type it from the repository root."""
-    return shlex.join(["python", *cmd[1:]] if cmd[0] == sys.executable else cmd)
-
-
-def run_logged(cmd: list[str], log_path: Path, env: dict) -> float:
-    """Run ``cmd`` from the repository root with its output in ``log_path``; return the wall time; raise on failure."""
-    print(f"$ {shown(cmd)}", flush=True)
-    print(f"  (log: {rel(log_path)})", flush=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write(f"$ {shown(cmd)}\n\n")
-        log.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-40:]
-        print("\n".join(tail), file=sys.stderr)
-        raise SystemExit(f"command failed with exit code {proc.returncode} after {wall:.0f} s; see {log_path}")
-    print(f"  done in {fmt_seconds(wall)} (m:ss)", flush=True)
-    return wall
-
-
-def rel(path: Path) -> str:
-    """``path`` relative to the repository root (where the commands run), for readable command lines."""
-    return os.path.relpath(path, REPO)
-
-
-def config_list(files: list[Path]) -> str:
-    return "[" + ",".join(json.dumps(rel(f)) for f in files) + "]"
 
 
 def check_data(data: Path) -> None:
@@ -352,10 +312,6 @@ def _torch_threads() -> int | None:
         return torch.get_num_threads()
     except ImportError:  # pragma: no cover
         return None
-
-
-def _f(v, digits=4) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def results_table(results: list[dict]) -> str:
