@@ -43,6 +43,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "polyp" / "configs"
+#: the bundle's fast-path flags, by name (``--flags``); "default" is the bundle as shipped (on CPU: fp32, channels-last)
+FLAG_SETTINGS = {
+    "default": [],
+    "fp32": ["--amp", "false", "--channels_last", "false"],
+    "channels_last": ["--amp", "false", "--channels_last", "true"],
+    "amp": ["--amp", "true"],
+}
 
 
 # ------------------------------------------------------------------ used inside the bundle process (override config)
@@ -133,20 +140,23 @@ def markdown(results: list[dict], settings: dict) -> str:
         f"{settings['torch_threads']}. Load average (1, 5, 15 min) at start {settings['loadavg_start']}, at end "
         f"{settings['loadavg_end']}.",
         "",
-        "| num_workers | cache_rate | images/s (epoch) | images/s (steady) | data wait / loop | data wait / loop "
+        "Flags: `default` is the bundle as shipped (on CPU: fp32 with channels-last weights and inputs); `fp32` is "
+        "`--amp false --channels_last false`; `amp` is `--amp true` (bfloat16 autocast on CPU, float16 AMP on CUDA).",
+        "",
+        "| flags | num_workers | cache_rate | images/s (epoch) | images/s (steady) | data wait / loop | data wait / loop "
         "(steady) | first batch wait (s) | loop (s) | data wait (s) | compute (s) | start-up (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['num_workers']} | {r['cache_rate']} | error: {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['flags']} | {r['num_workers']} | {r['cache_rate']} | error: {r['error']} |" + " |" * 8)
             continue
 
         def f(v, fmt=".2f"):
             return "n/a" if v is None else format(v, fmt)
 
         lines.append(
-            f"| {r['num_workers']} | {r['cache_rate']} | {f(r['images_per_s'])} | {f(r['steady_images_per_s'])} | "
+            f"| {r['flags']} | {r['num_workers']} | {r['cache_rate']} | {f(r['images_per_s'])} | {f(r['steady_images_per_s'])} | "
             f"{f(100 * r['data_wait_fraction'], '.1f')}% | "
             f"{'n/a' if r['steady_data_wait_fraction'] is None else f(100 * r['steady_data_wait_fraction'], '.1f') + '%'}"
             f" | {f(r['first_batch_wait_s'])} | {f(r['loop_s'], '.1f')} | {f(r['data_wait_s'], '.1f')} | "
@@ -168,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--cache-rates", type=float, nargs="+", default=[1.0, 0.0])
+    parser.add_argument("--flags", nargs="+", choices=list(FLAG_SETTINGS), default=["default"],
+                        help="fast-path flag settings to run (each with every --num-workers x --cache-rates)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "output" / "training")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of the training processes (default: torch's choice, all cores)")
@@ -207,43 +219,43 @@ def main(argv: list[str] | None = None) -> None:
         env["OMP_NUM_THREADS"] = str(args.threads)
         settings["torch_threads"] = args.threads
     results = []
-    for workers in args.num_workers:
-        for cache in args.cache_rates:
-            tag = f"w{workers}_cache{cache:g}"
-            run_dir = tmp / tag
-            run_dir.mkdir()
-            timing_json = run_dir / "timing.json"
-            override = out / f"timing_{tag}.json"
-            override.write_text(json.dumps(timing_override(timing_json), indent=2) + "\n")
-            cmd = [
-                sys.executable, "-m", "monai.bundle", "run", "training",
-                "--config_file", json.dumps([rel(CONFIGS / "train.json"), rel(override)], separators=(",", ":")),
-                "--dataset_dir", rel(data),
-                "--datalist", f"$transfuse_monai.data.build_pranet_datalist(@data_root, 'TrainDataset')[:{args.limit}]",
-                "--image_size", f"[{args.size},{args.size}]",
-                "--epochs", "1", "--val_interval", "1000000", "--val_fraction", str(args.val_fraction),
-                "--batch_size", str(args.batch_size), "--multi_scale_mode", args.multi_scale_mode,
-                "--num_workers", str(workers), "--cache_rate", str(cache),
-                "--pretrained", "false", "--save_checkpoints", "false",
-                "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(run_dir / "eval"),
-            ]
-            settings["commands"].append(shown(cmd))
-            print(f"\n=== num_workers {workers}, cache_rate {cache:g} ===\n$ {shown(cmd)}", flush=True)
-            log = out / f"{tag}.log"
-            start = time.perf_counter()
-            with open(log, "w") as f:
-                proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-            process_s = time.perf_counter() - start
-            row = {"num_workers": workers, "cache_rate": cache, "log": str(log),
-                   "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
-            if proc.returncode != 0 or not timing_json.is_file():
-                print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
-                row["error"] = f"exit code {proc.returncode}, see {log}"
-            else:
-                row.update(summarise(json.loads(timing_json.read_text()), process_s))
-                print(f"  {row['images_per_s']:.2f} images/s, data wait {100 * row['data_wait_fraction']:.1f}% of "
-                      f"{row['loop_s']:.1f} s loop, process {process_s:.1f} s", flush=True)
-            results.append(row)
+    runs = [(f, w, c) for f in args.flags for w in args.num_workers for c in args.cache_rates]
+    for flags, workers, cache in runs:
+        tag = f"{flags}_w{workers}_cache{cache:g}"
+        run_dir = tmp / tag
+        run_dir.mkdir()
+        timing_json = run_dir / "timing.json"
+        override = out / f"timing_{tag}.json"
+        override.write_text(json.dumps(timing_override(timing_json), indent=2) + "\n")
+        cmd = [
+            sys.executable, "-m", "monai.bundle", "run", "training",
+            "--config_file", json.dumps([rel(CONFIGS / "train.json"), rel(override)], separators=(",", ":")),
+            "--dataset_dir", rel(data),
+            "--datalist", f"$transfuse_monai.data.build_pranet_datalist(@data_root, 'TrainDataset')[:{args.limit}]",
+            "--image_size", f"[{args.size},{args.size}]",
+            "--epochs", "1", "--val_interval", "1000000", "--val_fraction", str(args.val_fraction),
+            "--batch_size", str(args.batch_size), "--multi_scale_mode", args.multi_scale_mode,
+            "--num_workers", str(workers), "--cache_rate", str(cache),
+            "--pretrained", "false", "--save_checkpoints", "false",
+            "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(run_dir / "eval"), *FLAG_SETTINGS[flags],
+        ]
+        settings["commands"].append(shown(cmd))
+        print(f"\n=== flags {flags}, num_workers {workers}, cache_rate {cache:g} ===\n$ {shown(cmd)}", flush=True)
+        log = out / f"{tag}.log"
+        start = time.perf_counter()
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        process_s = time.perf_counter() - start
+        row = {"flags": flags, "num_workers": workers, "cache_rate": cache, "log": str(log),
+               "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
+        if proc.returncode != 0 or not timing_json.is_file():
+            print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+            row["error"] = f"exit code {proc.returncode}, see {log}"
+        else:
+            row.update(summarise(json.loads(timing_json.read_text()), process_s))
+            print(f"  {row['images_per_s']:.2f} images/s, data wait {100 * row['data_wait_fraction']:.1f}% of "
+                  f"{row['loop_s']:.1f} s loop, process {process_s:.1f} s", flush=True)
+        results.append(row)
     settings["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     settings["n_train"] = next((r["n_train"] for r in results if "n_train" in r), None)
     report = markdown(results, settings)

@@ -1,6 +1,7 @@
 # Copyright (c) transfuse-monai contributors.
 # Licensed under the Apache License, Version 2.0.
-"""Bundle helpers: locating the bundle, the dataset (or a generated demo sample) and building datalists."""
+"""Bundle helpers: locating the bundle, the dataset (or a generated demo sample), building datalists, placing the
+network."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from transfuse_monai.data.datalists import IMAGE_EXTENSIONS, ISIC2017_SPLITS
 from transfuse_monai.data.synthetic import make_synthetic_isic2017_dataset, make_synthetic_pranet_dataset
 
-__all__ = ["DEMO_MARKER", "as_bool", "find_bundle_root", "resolve_dataset", "is_demo_dataset", "is_demo_datalist", "grouped_datalist", "image_datalist"]
+__all__ = ["DEMO_MARKER", "as_bool", "find_bundle_root", "resolve_dataset", "is_demo_dataset", "is_demo_datalist", "grouped_datalist", "image_datalist", "place_network"]
 
 logger = logging.getLogger("transfuse_monai.bundle")
 
@@ -34,6 +35,18 @@ def as_bool(value) -> bool:
             return False
         raise ValueError(f"Cannot interpret '{value}' as a boolean; use true or false.")
     return bool(value)
+
+
+def place_network(network, device, channels_last=False):
+    """Move ``network`` to ``device``; with ``channels_last`` (a boolean or its command-line string) also store its 4D
+    weights channels-last (NHWC), which oneDNN (CPU) and cuDNN run with their NHWC kernels. Returns the network.
+
+    Pair it with an inferer that makes the inputs channels-last too
+    (:class:`~transfuse_monai.inferers.AutocastInferer` with ``channels_last=True``)."""
+    import torch
+
+    fmt = torch.channels_last if as_bool(channels_last) else torch.preserve_format
+    return network.to(device, memory_format=fmt)
 
 
 def find_bundle_root(name: str) -> str:
