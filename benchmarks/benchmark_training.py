@@ -140,8 +140,9 @@ def markdown(results: list[dict], settings: dict) -> str:
         f"{settings['torch_threads']}. Load average (1, 5, 15 min) at start {settings['loadavg_start']}, at end "
         f"{settings['loadavg_end']}.",
         "",
-        "Flags: `default` is the bundle as shipped (on CPU: fp32 with channels-last weights and inputs); `fp32` is "
-        "`--amp false --channels_last false`; `amp` is `--amp true` (bfloat16 autocast on CPU, float16 AMP on CUDA).",
+        "Flags: `default` is the bundle as shipped (fp32); `fp32` is `--amp false --channels_last false`; "
+        "`channels_last` is `--amp false --channels_last true`; `amp` is `--amp true` (on CPU bfloat16 autocast with "
+        "channels-last weights and inputs, on CUDA MONAI's float16 AMP).",
         "",
         "| flags | num_workers | cache_rate | images/s (epoch) | images/s (steady) | data wait / loop | data wait / loop "
         "(steady) | first batch wait (s) | loop (s) | data wait (s) | compute (s) | start-up (s) |",

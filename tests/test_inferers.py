@@ -142,9 +142,9 @@ def test_place_network_keeps_the_layout_unless_asked():
 @pytest.mark.parametrize("bundle, size", [("polyp", [64, 64]), ("isic2017", [64, 96])])
 @pytest.mark.parametrize("config", ["inference.json", "train.json"])
 def test_bundle_fast_path_flags_on_cpu(bundle, size, config):
-    """On CPU: ``amp`` reaches the inferer (bfloat16) and not the engine (whose amp is CUDA-only), channels-last is on
-    by default for network and inputs, ``compile`` reaches the engine; ``--channels_last false`` turns it off; a
-    device given as a string (as MONAI Label does) works too."""
+    """On CPU: the defaults are plain fp32; ``amp`` reaches the inferer (bfloat16) and not the engine (whose amp is
+    CUDA-only) and brings channels-last network and inputs with it unless ``--channels_last false``; ``compile``
+    reaches the engine; a device given as a string (as MONAI Label does) works too."""
     from monai.bundle import ConfigParser
 
     def parse(**overrides):
@@ -171,8 +171,10 @@ def test_bundle_fast_path_flags_on_cpu(bundle, size, config):
         assert parser.get(f"{engine}#compile") == "$transfuse_monai.bundle.as_bool(@compile)"
     assert parser.get_parsed_content("compile") is True
 
-    parser = parse(channels_last="false", device="cpu")  # MONAI Label sets the device as a string
-    inferer = parser.get_parsed_content(f"{prefix}inferer")
-    assert not inferer.enabled and not inferer.channels_last
-    conv = next(m for m in parser.get_parsed_content("network").modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous()
+    for overrides in ({}, {"amp": "true", "channels_last": "false", "device": "cpu"}):  # Label: device as a string
+        parser = parse(**overrides)
+        inferer = parser.get_parsed_content(f"{prefix}inferer")
+        assert inferer.enabled == bool(overrides) and not inferer.channels_last
+        conv = next(m for m in parser.get_parsed_content("network").modules() if isinstance(m, nn.Conv2d))
+        assert conv.weight.is_contiguous()
+        assert parser.get_parsed_content("compile") is False

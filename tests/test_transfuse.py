@@ -216,3 +216,64 @@ def test_bad_constructor_arguments(kwargs, match):
     args = {"img_size": (64, 64), **kwargs}
     with pytest.raises(ValueError, match=match):
         TransFuse(**args)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DeviceAwareAttention: timm's attention with the kernel chosen per call
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _timm_attention(**kwargs):
+    from timm.layers import Attention
+
+    torch.manual_seed(0)
+    return Attention(dim=64, num_heads=4, qkv_bias=True, **kwargs).eval()
+
+
+def test_transformer_blocks_use_device_aware_attention_with_timm_keys(net_s):
+    from transfuse_monai.networks.blocks import DeviceAwareAttention
+
+    blocks = net_s.transformer.blocks
+    assert all(isinstance(b.attn, DeviceAwareAttention) for b in blocks) and len(blocks) == 8
+    timm_keys = {k for k in timm.create_model("deit_small_patch16_224", pretrained=False).state_dict()
+                 if k.startswith("blocks.0.attn.")}
+    ours = {k.removeprefix("transformer.") for k in net_s.state_dict() if k.startswith("transformer.blocks.0.attn.")}
+    assert ours == timm_keys, "checkpoints of timm / the authors must load unchanged"
+
+
+def test_device_aware_attention_picks_the_kernel_and_matches_timm(monkeypatch):
+    import transfuse_monai.networks.blocks.backbones as backbones
+    from transfuse_monai.networks.blocks import DeviceAwareAttention
+
+    timm_attn = _timm_attention()
+    ours = DeviceAwareAttention(timm_attn)
+    x = torch.randn(2, 50, 64)
+    with torch.no_grad():  # timm's references first: it calls the same torch function
+        ref_fp32 = timm_attn(x)
+        timm_attn.fused_attn = False
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_bf16 = timm_attn(x)
+    calls = []
+    sdpa = backbones.F.scaled_dot_product_attention
+    monkeypatch.setattr(backbones.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref_fp32, atol=1e-6, rtol=1e-5)
+        assert len(calls) == 1, "float32 on CPU: the fused kernel"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = ours(x)
+        assert len(calls) == 1, "bfloat16 on CPU: explicit matrix products, no fused kernel"
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), ref_bf16.float(), atol=2e-2, rtol=2e-2)
+        mask = torch.ones(50, 50).tril().bool()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours(x, attn_mask=mask)
+        assert len(calls) == 2, "masked attention always uses the fused kernel"
+
+
+def test_device_aware_attention_refuses_what_it_cannot_compute():
+    from transfuse_monai.networks.blocks import DeviceAwareAttention
+
+    gated = _timm_attention(gated=True)
+    assert not DeviceAwareAttention.can_replace(gated) and not DeviceAwareAttention.can_replace(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="gated"):
+        DeviceAwareAttention(gated)

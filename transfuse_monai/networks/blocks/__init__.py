@@ -1,6 +1,12 @@
 """Building blocks of TransFuse."""
 
-from transfuse_monai.networks.blocks.backbones import ViTEncoder, create_cnn_encoder, create_timm_model, select_feature_indices
+from transfuse_monai.networks.blocks.backbones import (
+    DeviceAwareAttention,
+    ViTEncoder,
+    create_cnn_encoder,
+    create_timm_model,
+    select_feature_indices,
+)
 from transfuse_monai.networks.blocks.bifusion import BIFUSION_COMPONENTS, BiFusion, PreActBottleneck, SpatialAttention
 from transfuse_monai.networks.blocks.upsample import AttentionGatedUpBlock, ResidualUpBlock
 
@@ -8,6 +14,7 @@ __all__ = [
     "BIFUSION_COMPONENTS",
     "AttentionGatedUpBlock",
     "BiFusion",
+    "DeviceAwareAttention",
     "PreActBottleneck",
     "ResidualUpBlock",
     "SpatialAttention",
