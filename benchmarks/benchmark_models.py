@@ -26,8 +26,9 @@ Paths (``--paths``; a path is a ``+``-joined set of modifiers, e.g. ``channels_l
 * ``eager``: fp32 eager PyTorch, the reference of every parity check and of the ratios.
 * ``channels_last``: NHWC weights and input.
 * ``bf16`` / ``fp16``: ``torch.autocast`` (bf16 on CPU and CUDA; fp16 on CUDA only).
-* ``sdpa`` / ``no_sdpa``: force fused scaled-dot-product attention on / off in the transformer blocks (timm
-  ``Attention.fused_attn`` in TransFuse; MONAI ``WindowAttention.use_flash_attention`` in SwinUNETR). A model's
+* ``sdpa`` / ``no_sdpa``: force fused scaled-dot-product attention on / off in the transformer blocks (``fused_attn``
+  of TransFuse's ``DeviceAwareAttention``, which even when on uses explicit products under bf16/fp16 on a CPU, where
+  the fused CPU kernel is slower; MONAI ``WindowAttention.use_flash_attention`` in SwinUNETR). A model's
   library default is one of the two (timm: fused; SwinUNETR: unfused) and is then not measured again but reported as
   "= eager"; models without such attention report n/a.
 * ``compile``: ``torch.compile`` (inductor, ``dynamic=False``); compile time (first call at batch 1 and at batch B)
