@@ -703,6 +703,31 @@ def row_error(r: dict) -> str:
     return r.get("error", "")[:160]
 
 
+def add_flops(rows: list[dict], peaks: dict[str, float]) -> None:
+    """Achieved TFLOP/s (2 x MACs counted by FlopCounterMode; element-wise work not counted) at batch 1 and at the
+    throughput batch, and their fraction of a peak given with ``--peak-tflops`` for the row's device and precision."""
+    for r in rows:
+        if r.get("status") != "ok" or not r.get("gmacs"):
+            continue
+        flop = 2e9 * r["gmacs"]
+        b1 = flop / (r["latency_ms"]["median"] / 1000) / 1e12
+        bb = flop * r["throughput_img_s"] / 1e12
+        precision = "half" if is_reduced_precision(parse_path(r["path"])) else "fp32"
+        peak = peaks.get(f"{r['device']}.{precision}")
+        r["tflops"] = {"b1": b1, "bB": bb, "peak": peak, "precision": precision,
+                       "fraction_b1": b1 / peak if peak else None, "fraction_bB": bb / peak if peak else None}
+
+
+def parse_peaks(items: list[str]) -> dict[str, float]:
+    peaks = {}
+    for item in items:
+        m = re.fullmatch(r"(cpu|cuda)\.(fp32|half)=([0-9.]+)", item)
+        if not m:
+            raise argparse.ArgumentTypeError(f"--peak-tflops entries look like cuda.half=989, got '{item}'")
+        peaks[f"{m.group(1)}.{m.group(2)}"] = float(m.group(3))
+    return peaks
+
+
 def add_ratios(rows: list[dict]) -> None:
     refs = {}
     for r in rows:
@@ -748,6 +773,15 @@ def best_paths(rows: list[dict]) -> list[dict]:
     return best
 
 
+def _tflops(t: dict | None) -> str:
+    if not t:
+        return "n/a"
+    text = f"{t['b1']:.3g} / {t['bB']:.3g}"
+    if t.get("peak"):
+        text += f" ({100 * t['fraction_b1']:.0f}% / {100 * t['fraction_bB']:.0f}% of {t['peak']:g} {t['precision']})"
+    return text
+
+
 def _f(v, fmt=".2f", none="n/a") -> str:
     return none if v is None else format(v, fmt)
 
@@ -785,8 +819,8 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
                 "",
                 f"| model | path | params (M) | GMACs | max abs diff / max abs eager (pass) | mask pixels flipped (%) | set-up (s) | batch-1 latency median "
                 f"(ms) | IQR (ms) | min-max (ms) | latency / S-eager | throughput b{batch} (img/s) "
-                f"| throughput / S-eager | peak mem b1 / b{batch} (MiB) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                f"| throughput / S-eager | peak mem b1 / b{batch} (MiB) | TFLOP/s b1 / b{batch} (of peak) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             skipped = {}
             for r in sel:
@@ -796,7 +830,7 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
                 head = f"| {r['label']} | {r['path']} | {_f(r.get('params') and r['params'] / 1e6)} | {_f(r.get('gmacs'))} |"
                 if r.get("status") != "ok":
                     why = r.get("note") or row_error(r)
-                    out.append(head + f" {r['status']}: {why} |" + " |" * 9)
+                    out.append(head + f" {r['status']}: {why} |" + " |" * 10)
                     continue
                 p, lat, ratio = r["parity"], r["latency_ms"], r.get("ratio_to_transfuse_s_eager", {})
                 out.append(
@@ -805,7 +839,7 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
                     f"{_f(r['setup_s'], '.1f') if r['setup_s'] else '-'} | {lat['median']:.1f} | "
                     f"{lat['q1']:.1f}-{lat['q3']:.1f} | {lat['min']:.1f}-{lat['max']:.1f} | "
                     f"{_f(ratio.get('latency'))} | {r['throughput_img_s']:.2f} | {_f(ratio.get('throughput'))} | "
-                    f"{_mib(r['peak_mem_mib_b1'])} / {_mib(r['peak_mem_mib_bB'])} |"
+                    f"{_mib(r['peak_mem_mib_b1'])} / {_mib(r['peak_mem_mib_bB'])} | {_tflops(r.get('tflops'))} |"
                 )
             out.append("")
             notes = [f"{r['label']} `{r['path']}`: {r['note']}" for r in sel
@@ -868,6 +902,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def write_report(rows: list[dict], settings: dict, out: Path) -> None:
     add_ratios(rows)
+    add_flops(rows, settings.get("peak_tflops") or {})
     best = best_paths(rows)
     report = markdown(rows, best, settings)
     print("\n" + report)
@@ -876,7 +911,7 @@ def write_report(rows: list[dict], settings: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps({"settings": settings, "results": rows, "best": best}, indent=2) + "\n")
 
 
-def rejudge(results_json: Path, out: Path) -> None:
+def rejudge(results_json: Path, out: Path, peaks: dict[str, float] | None = None) -> None:
     """Re-apply the current parity criteria to a previous run's figures and rewrite its report."""
     data = json.loads(results_json.read_text())
     rows, settings = data["results"], data["settings"]
@@ -885,6 +920,8 @@ def rejudge(results_json: Path, out: Path) -> None:
             r["parity"] = judge(r["parity"], parse_path(r["path"]))
     settings["parity_criteria"] = {"fp32_max_diff_rel": TOL_FP32, "half_max_mask_flip_pct": MAX_FLIP_PCT_HALF}
     settings["rejudged"] = f"parity re-judged from {results_json} on {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    if peaks:
+        settings["peak_tflops"] = peaks
     write_report(rows, settings, out)
     print(f"written: {out / 'results.md'}, {out / 'results.json'}")
 
@@ -923,12 +960,20 @@ def main(argv: list[str] | None = None) -> None:
                         "many rounds (robust ratios on a shared machine; 0: off)")
     parser.add_argument("--interleave-paths", nargs="+", default=None,
                         help="paths of the interleaved pass (default: all of --paths except compile)")
+    parser.add_argument("--peak-tflops", nargs="+", default=[], metavar="DEVICE.PRECISION=TFLOPS",
+                        help="peak of the hardware, e.g. cuda.fp32=67 cuda.half=989 (H100 SXM dense) or "
+                        "cpu.fp32=0.166: adds the fraction of peak reached to the TFLOP/s column ('half' applies to "
+                        "bf16/fp16/TensorRT fp16 paths)")
     parser.add_argument("--rejudge", type=Path, default=None, metavar="RESULTS_JSON",
                         help="time nothing: rebuild the report of a previous run (its results.json) with the current "
                         "parity criteria, written to --out")
     args = parser.parse_args(argv)
+    try:
+        peaks = parse_peaks(args.peak_tflops)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
     if args.rejudge is not None:
-        rejudge(args.rejudge, args.out)
+        rejudge(args.rejudge, args.out, peaks)
         return
 
     if args.smoke:
@@ -979,7 +1024,7 @@ def main(argv: list[str] | None = None) -> None:
         "warmup": args.warmup, "repeats": args.repeats, "throughput_iters": args.throughput_iters,
         "batch_cpu": args.cpu_batch, "batch_cuda": args.batch, "compile_models": args.compile_models,
         "authors_repo": args.authors_repo, "parity_criteria": {"fp32_max_diff_rel": TOL_FP32, "half_max_mask_flip_pct": MAX_FLIP_PCT_HALF},
-        "calibrate_bn": args.calibrate_bn,
+        "calibrate_bn": args.calibrate_bn, "peak_tflops": peaks,
         "loadavg_start": loadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if "trt" in " ".join(paths) and "cuda" not in args.devices:
