@@ -39,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_common import REPO, config_list, fmt_seconds, rel, run_logged, shown  # noqa: E402
 from budget_common import fmt_value as _f  # noqa: E402
+from budget_common import budget_override as common_budget_override, metric_history  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "isic2017" / "configs"
 METRICS = ("jaccard", "dice", "accuracy")
@@ -62,44 +63,19 @@ MODELS = {
 
 def budget_override(limit_sec: int, val_every: int) -> dict:
     """Training-only override: time limit, validation frequency, metric history and a state report."""
-    override = {
-        # import statements anywhere in a config are evaluated before any expression (they bind the names below)
-        "budget_imports": [
-            "$import json",
-            "$import pathlib",
-            "$from ignite.engine import Events",
-            "$from ignite.handlers import TimeLimit",
-        ],
-        "budget_limit_sec": int(limit_sec),
-        "budget_metric_logger": {"_target_": "MetricLogger", "evaluator": "@validate#evaluator"},
-        "+train#handlers": ["@budget_metric_logger"],
-        # TimeLimit has no attach() (MONAI's train_handlers need one), so it is added to the trainer directly, after
-        # the trainer (and its cached data) exist: its clock starts just before run()
-        "+initialize": [
-            "$@train#trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=@budget_limit_sec))",
-        ],
-        "+finalize": [
-            "$pathlib.Path(@output_dir).mkdir(parents=True, exist_ok=True)",
-            "$pathlib.Path(@output_dir, 'train_state.json').write_text(json.dumps({"
-            "'iterations': @train#trainer.state.iteration, "
-            "'epoch_length': @train#trainer.state.epoch_length, "
-            "'loader_batches': len(@train#dataloader), "
-            "'n_train': len(@train#dataset), 'n_val': len(@validate#dataset), "
-            "'loop_seconds': @train#trainer.state.times.get('COMPLETED'), "
-            "'torch_threads': torch.get_num_threads(), "
-            "'parameters': sum(p.numel() for p in @network.parameters()), "
-            "'best_val_jaccard': @validate#evaluator.state.best_metric, "
-            "'best_val_round': @validate#evaluator.state.best_metric_epoch, "
-            "'val_jaccard': [[int(i), float(v)] for i, v in @budget_metric_logger.metrics['val_mean_jaccard']], "
-            "'val_dice': [[int(i), float(v)] for i, v in @budget_metric_logger.metrics['val_mean_dice']], "
-            "'loss_first': [float(l) for _, l in @budget_metric_logger.loss[:10]], "
-            "'loss_last': [float(l) for _, l in @budget_metric_logger.loss[-10:]]"
-            "}, indent=2))",
-        ],
-    }
-    if val_every:
-        override["train#trainer#epoch_length"] = int(val_every)
-    return override
+    # TimeLimit has no attach() (MONAI's train_handlers need one), so it is added to the trainer directly, after the
+    # trainer (and its cached data) exist: its clock starts just before run()
+    return common_budget_override(
+        val_every,
+        initialize=["$@train#trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=@budget_limit_sec))"],
+        state_fields={
+            "best_val_jaccard": "@validate#evaluator.state.best_metric",
+            "best_val_round": "@validate#evaluator.state.best_metric_epoch",
+            "val_jaccard": metric_history("val_mean_jaccard"),
+            "val_dice": metric_history("val_mean_dice"),
+        },
+        budget_limit_sec=int(limit_sec),
+    )
 
 
 def check_data(data: Path) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_common import REPO, config_list, fmt_seconds, rel, run_logged, shown  # noqa: E402
 from budget_common import fmt_value as _f  # noqa: E402
+from budget_common import budget_override as common_budget_override, metric_history  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "polyp" / "configs"
 TEST_SETS = ("Kvasir", "CVC-ClinicDB")
@@ -70,59 +71,37 @@ def budget_override(limit_sec: int, val_every: int | None, clock: str = "wall", 
     keeps the comparison fair when other work shares the cores. The CPU time of the loop is recorded either way.
     """
     stop = (
-        # TimeLimit has no attach() (MONAI's train_handlers need one), so it is added to the trainer directly. It is
-        # created here, after set_determinism and the trainer (data cached): its clock starts just before run().
         "$@train#trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=@budget_limit_sec))"
         if clock == "wall" else
         "$@train#trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.terminate() "
         "if time.process_time() - e.state.budget_cpu_start > @budget_cpu_limit_sec else None)"
     )
-    override = {
-        # import statements anywhere in a config are evaluated before any expression (they bind the names below)
-        "budget_imports": [
-            "$import json",
-            "$import pathlib",
-            "$import time",
-            "$from ignite.engine import Events",
-            "$from ignite.handlers import TimeLimit",
-        ],
-        "budget_clock": clock,
-        "budget_limit_sec": int(limit_sec),
-        "budget_cpu_limit_sec": int(cpu_limit_sec),
-        "budget_metric_logger": {"_target_": "MetricLogger", "evaluator": "@validate#evaluator"},
-        "+train#handlers": ["@budget_metric_logger"],
-        "+initialize": [
+    # TimeLimit has no attach() (MONAI's train_handlers need one), so it is added to the trainer directly, after
+    # set_determinism and the trainer (data cached): its clock starts just before run()
+    return common_budget_override(
+        val_every,
+        initialize=[
             "$@train#trainer.add_event_handler(Events.STARTED, "
             "lambda e: setattr(e.state, 'budget_cpu_start', time.process_time()))",
             "$@train#trainer.add_event_handler(Events.COMPLETED, "
             "lambda e: setattr(e.state, 'budget_cpu_seconds', time.process_time() - e.state.budget_cpu_start))",
             stop,
         ],
-        "+finalize": [
-            "$pathlib.Path(@output_dir).mkdir(parents=True, exist_ok=True)",
-            "$pathlib.Path(@output_dir, 'train_state.json').write_text(json.dumps({"
-            "'iterations': @train#trainer.state.iteration, "
-            "'epoch_length': @train#trainer.state.epoch_length, "
-            "'epochs_started': @train#trainer.state.epoch, "
-            "'loader_batches': len(@train#dataloader), "
-            "'n_train': len(@train#dataset), 'n_val': len(@validate#dataset), "
-            "'loop_seconds': @train#trainer.state.times.get('COMPLETED'), "
-            "'loop_cpu_seconds': getattr(@train#trainer.state, 'budget_cpu_seconds', None), "
-            "'torch_threads': torch.get_num_threads(), "
-            "'budget_clock': @budget_clock, 'budget_sec': @budget_limit_sec, "
-            "'budget_cpu_sec': @budget_cpu_limit_sec, "
-            "'parameters': sum(p.numel() for p in @network.parameters()), "
-            "'best_val_dice': @validate#evaluator.state.best_metric, "
-            "'best_val_epoch': @validate#evaluator.state.best_metric_epoch, "
-            "'val_dice': [[int(i), float(v)] for i, v in @budget_metric_logger.metrics['val_mean_dice']], "
-            "'loss_first': [float(l) for _, l in @budget_metric_logger.loss[:10]], "
-            "'loss_last': [float(l) for _, l in @budget_metric_logger.loss[-10:]]"
-            "}, indent=2))",
-        ],
-    }
-    if val_every:
-        override["train#trainer#epoch_length"] = int(val_every)
-    return override
+        state_fields={
+            "epochs_started": "@train#trainer.state.epoch",
+            "loop_cpu_seconds": "getattr(@train#trainer.state, 'budget_cpu_seconds', None)",
+            "budget_clock": "@budget_clock",
+            "budget_sec": "@budget_limit_sec",
+            "budget_cpu_sec": "@budget_cpu_limit_sec",
+            "best_val_dice": "@validate#evaluator.state.best_metric",
+            "best_val_epoch": "@validate#evaluator.state.best_metric_epoch",
+            "val_dice": metric_history("val_mean_dice"),
+        },
+        extra_imports=("$import time",),
+        budget_clock=clock,
+        budget_limit_sec=int(limit_sec),
+        budget_cpu_limit_sec=int(cpu_limit_sec),
+    )
 
 
 def check_data(data: Path) -> None:

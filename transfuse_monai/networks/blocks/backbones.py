@@ -125,10 +125,8 @@ class DeviceAwareAttention(nn.Module):
     @classmethod
     def can_replace(cls, module: nn.Module) -> bool:
         """Whether ``module`` is a plain timm ``Attention`` this class can take over."""
-        try:
-            from timm.layers import Attention
-        except ImportError:  # pragma: no cover - timm is a requirement
-            return False
+        from timm.layers import Attention
+
         return type(module) is Attention and getattr(module, "gate", None) is None
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
