@@ -25,6 +25,8 @@ setup(
     extras_require={
         "dev": read_requirements("requirements-dev.txt"),
         "export": ["onnx", "onnxscript", "onnxruntime"],
+        # experiment tracking: python -m monai.bundle run ... --tracking mlflow (a local SQLite store by default)
+        "mlflow": ["mlflow-skinny>=3", "sqlalchemy", "alembic"],
     },
     entry_points={"console_scripts": ["transfuse-export=transfuse_monai.export:main"]},
     classifiers=[

@@ -1,5 +1,8 @@
-"""Plumbing shared by the real-data budget runs (``polyp_budget_run.py``, ``isic_budget_run.py``): running bundle
-commands from the repository root with logs, and formatting their figures."""
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
+"""Plumbing shared by the real-data bundle benchmarks (``budget_run.py``, ``bundle_fast_paths.py``): running
+``monai.bundle`` commands from the repository root with logs, and formatting their figures. Nothing here knows a
+bundle's config ids (``budget_run.py`` keeps those in one table)."""
 
 from __future__ import annotations
 
@@ -57,48 +60,3 @@ def run_logged(cmd: list[str], log_path: Path, env: dict) -> float:
         raise SystemExit(f"command failed with exit code {proc.returncode} after {wall:.0f} s; see {log_path}")
     print(f"  done in {fmt_seconds(wall)} (m:ss)", flush=True)
     return wall
-
-
-#: ``train_state.json`` fields every budget run records (config expressions, evaluated when training ends).
-STATE_FIELDS = {
-    "iterations": "@train#trainer.state.iteration",
-    "epoch_length": "@train#trainer.state.epoch_length",
-    "loader_batches": "len(@train#dataloader)",
-    "n_train": "len(@train#dataset)",
-    "n_val": "len(@validate#dataset)",
-    "loop_seconds": "@train#trainer.state.times.get('COMPLETED')",
-    "torch_threads": "torch.get_num_threads()",
-    "parameters": "sum(p.numel() for p in @network.parameters())",
-    "loss_first": "[float(l) for _, l in @budget_metric_logger.loss[:10]]",
-    "loss_last": "[float(l) for _, l in @budget_metric_logger.loss[-10:]]",
-}
-
-
-def metric_history(name: str) -> str:
-    """Config expression of a validation metric's history logged by ``budget_metric_logger``: ``[[round, value]]``."""
-    return f"[[int(i), float(v)] for i, v in @budget_metric_logger.metrics['{name}']]"
-
-
-def budget_override(val_every: int | None, initialize: list[str], state_fields: dict[str, str],
-                    extra_imports: tuple[str, ...] = (), **extra) -> dict:
-    """The training override both budget runs share: imports, MONAI's ``MetricLogger`` on the validator, the given
-    ``+initialize`` statements (time limits), ``train_state.json`` (:data:`STATE_FIELDS` plus ``state_fields``)
-    written at ``finalize``, validation every ``val_every`` iterations, and any ``extra`` config ids."""
-    fields = {**STATE_FIELDS, **state_fields}
-    record = "{" + ", ".join(f"{k!r}: {v}" for k, v in fields.items()) + "}"
-    override = {
-        # import statements anywhere in a config are evaluated before any expression (they bind the names below)
-        "budget_imports": ["$import json", "$import pathlib", "$from ignite.engine import Events",
-                           "$from ignite.handlers import TimeLimit", *extra_imports],
-        **extra,
-        "budget_metric_logger": {"_target_": "MetricLogger", "evaluator": "@validate#evaluator"},
-        "+train#handlers": ["@budget_metric_logger"],
-        "+initialize": list(initialize),
-        "+finalize": [
-            "$pathlib.Path(@output_dir).mkdir(parents=True, exist_ok=True)",
-            f"$pathlib.Path(@output_dir, 'train_state.json').write_text(json.dumps({record}, indent=2))",
-        ],
-    }
-    if val_every:
-        override["train#trainer#epoch_length"] = int(val_every)
-    return override

@@ -17,7 +17,7 @@ data loading, inference, post-processing and metrics, without process start-up):
     python benchmarks/bundle_fast_paths.py --bundle polyp \\
         --ckpt benchmarks/output/polyp_budget/transfuse_s/models/model.pt --image-size 128 128
 
-The checkpoints above are the ones the budget runs (``isic_budget_run.py``, ``polyp_budget_run.py``) leave behind;
+The checkpoints above are the ones the budget runs (``budget_run.py --bundle isic2017|polyp``) leave behind;
 any ``model.pt`` of the bundle works (``--image-size`` must be the size it was trained at). Data: ``--data``
 (default ``../shared/data/<bundle>``); ISIC 2017 is scored on the 150 official validation images (``--eval_split
 val``), polyps on ``--polyp-sets`` (default Kvasir and CVC-ClinicDB). Results: a Markdown table on stdout and in

@@ -5,7 +5,9 @@
 ``--model/-m``, ``--input/-i`` and ``--output/-o`` are the MONAI Deploy App SDK's standard arguments; unset, they
 fall back to the SDK's environment variables ``HOLOSCAN_MODEL_PATH``, ``HOLOSCAN_INPUT_PATH`` and
 ``HOLOSCAN_OUTPUT_PATH``. The input is one image file or a folder of images (PNG/JPEG/BMP/TIFF); each mask is saved
-as ``<output>/<input stem>.png``, uint8 0/255, at the input image's size, like the bundle's own inference.
+as ``<output>/<input stem>.png`` at the input image's size, like the bundle's own inference: uint8 0/255 for a
+binary bundle, the class indices 0..K-1 for a multi-class one (the classes come from the output ``channel_def`` of
+the embedded ``metadata.json``).
 
 Graph: ``ImageFileLoaderOperator`` -> ``MonaiBundleInferenceOperator`` -> ``MaskWriterOperator``.
 
@@ -36,6 +38,8 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
     MonaiBundleInferenceOperator,
     get_bundle_config,
 )
+
+from transfuse_monai.utils import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -72,6 +76,9 @@ class BundleIO:
                 f"found inputs {inputs} and outputs {outputs}"
             )
         self.input_name, self.output_name = inputs[0], outputs[0]
+        # mask value -> class name, background included (the bundles' metadata convention)
+        self.channel_def = dict(fmt["outputs"][self.output_name].get("channel_def", {"0": "background", "1": "fg"}))
+        self.num_classes = max(2, len(self.channel_def))
         self.loader = self._bundle_loader(parser, config_names.preproc_name)
 
     @staticmethod
@@ -134,16 +141,18 @@ class ImageFileLoaderOperator(Operator):
 
 
 class MaskWriterOperator(Operator):
-    """Saves a segmentation :class:`monai.deploy.core.Image` (2D, labels 0/1) as ``<output>/<input stem>.png``,
-    uint8 0/255, checked to be at the input image's size.
+    """Saves a segmentation :class:`monai.deploy.core.Image` (2D class-index map) as ``<output>/<input stem>.png``,
+    checked to be at the input image's size and to hold only the bundle's classes: uint8 0/255 for a binary bundle
+    (``num_classes=2``, as the bundle's own inference writes it), the class indices for a multi-class one.
 
     Named input:
         pred (configurable): the segmentation from ``MonaiBundleInferenceOperator``.
     """
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, input_name: str = "pred",
-                 transpose: bool = False, **kwargs):
+                 transpose: bool = False, num_classes: int = 2, **kwargs):
         self.output_folder = Path(output_folder)
+        self.num_classes = int(num_classes)
         self.input_name = input_name
         self.transpose = transpose
         self.written: list[Path] = []
@@ -167,14 +176,17 @@ class MaskWriterOperator(Operator):
                 width, height = im.size
             if mask.shape != (height, width):
                 raise ValueError(f"mask shape {mask.shape} does not match {source} ({height}x{width} pixels)")
-        out = np.where(mask > 0, 255, 0).astype(np.uint8)
+        found = np.unique(mask)
+        if not set(found.tolist()) <= set(range(self.num_classes)):
+            raise ValueError(f"{source}: segmentation values {found.tolist()} are not class indices "
+                             f"0..{self.num_classes - 1}")
+        out = (mask.astype(np.uint8) * (255 if self.num_classes == 2 else 1)).astype(np.uint8)
         self.output_folder.mkdir(parents=True, exist_ok=True)
         target = self.output_folder / f"{source.stem}.png"
         if source.exists() and target.resolve() == source.resolve():
             raise ValueError(f"refusing to overwrite the input image {source}: choose another output folder")
-        tmp = target.with_name(f".{target.stem}.partial-{os.getpid()}.png")
-        PILImage.fromarray(out, mode="L").save(tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            PILImage.fromarray(out, mode="L").save(tmp)
         self.written.append(target)
         logger.info("saved %s", target)
 
@@ -210,7 +222,7 @@ class TransFuseSegApp(Application):
         )
         writer_op = MaskWriterOperator(
             self, output_folder=output_folder, input_name=bundle.output_name,
-            transpose=reverses_indexing(bundle.loader), name="mask_writer",
+            transpose=reverses_indexing(bundle.loader), num_classes=bundle.num_classes, name="mask_writer",
         )
         self.add_flow(loader_op, bundle_op, {(bundle.input_name, bundle.input_name)})
         self.add_flow(bundle_op, writer_op, {(bundle.output_name, bundle.output_name)})

@@ -1,4 +1,5 @@
-"""Tests for transfuse_monai.bundle.utils (helpers called from the bundle configs)."""
+"""Tests of the helpers the bundle configs call: run options (transfuse_monai.bundle), the tasks' demo fallback and
+registry (transfuse_monai.tasks), and the generic datalist helpers for evaluation and inference (transfuse_monai.data)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,14 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 import transfuse_monai
-import transfuse_monai.bundle.utils as bundle_utils
-from transfuse_monai.bundle import (
-    DEMO_MARKER,
-    as_bool,
-    find_bundle_root,
-    grouped_datalist,
-    image_datalist,
-    is_demo_dataset,
-    resolve_dataset,
-)
+import transfuse_monai.bundle.paths
+from transfuse_monai.bundle import FastPaths, as_bool, default_num_workers, find_bundle_root
+from transfuse_monai.data import grouped_datalist, image_datalist
+from transfuse_monai.inferers import AutocastInferer
+from transfuse_monai.tasks import DEMO_MARKER, ISIC2017Task, PolypTask, SegmentationTask, get_task, is_demo_dataset
 
 REPO_ROOT = Path(transfuse_monai.__file__).resolve().parents[1]
 REPO_BUNDLE = REPO_ROOT / "bundles" / "polyp"
@@ -92,7 +90,7 @@ def test_find_bundle_root_falls_back_to_package_copy(tmp_path, monkeypatch):
 
 
 def test_find_bundle_root_nothing_found_returns_cwd(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle_utils, "_REPO_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(transfuse_monai.bundle.paths, "_REPO_ROOT", tmp_path / "nowhere")
     monkeypatch.chdir(tmp_path)
     assert find_bundle_root("polyp") == str(Path.cwd())
 
@@ -105,34 +103,38 @@ def test_find_bundle_root_nothing_found_returns_cwd(tmp_path, monkeypatch):
 @pytest.fixture
 def count_generation(monkeypatch):
     calls = []
-    real = bundle_utils.make_synthetic_pranet_dataset
+    real = PolypTask.make_sample
 
-    def counting(root, **kwargs):
+    def counting(self, root, **kwargs):
         calls.append(str(root))
-        return real(root, **kwargs)
+        return real(self, root, **kwargs)
 
-    monkeypatch.setattr(bundle_utils, "make_synthetic_pranet_dataset", counting)
+    monkeypatch.setattr(PolypTask, "make_sample", counting)
     return calls
+
+
+def resolve_dataset(dataset_dir, name, demo_dir):
+    return get_task(name).resolve_dataset(dataset_dir, demo_dir)
 
 
 def test_resolve_existing_pranet_dataset_unchanged(tmp_path, capsys, count_generation):
     data = tmp_path / "PraNet"
     (data / "TrainDataset" / "images").mkdir(parents=True)
     demo = tmp_path / "demo"
-    assert resolve_dataset(data, "pranet", demo) == str(data)
+    assert resolve_dataset(data, "polyp", demo) == str(data)
     assert not demo.exists() and count_generation == []
     assert "WARNING" not in capsys.readouterr().out
     assert not is_demo_dataset(data)
     # a PraNet test-only folder counts too
     test_only = tmp_path / "TestOnly"
     (test_only / "TestDataset").mkdir(parents=True)
-    assert resolve_dataset(test_only, "pranet", demo) == str(test_only)
+    assert resolve_dataset(test_only, "polyp", demo) == str(test_only)
 
 
 def test_resolve_missing_dataset_generates_demo_once(tmp_path, capsys, count_generation):
     missing = tmp_path / "not_there"
     demo = tmp_path / "demo"
-    out = resolve_dataset(missing, "pranet", demo)
+    out = resolve_dataset(missing, "polyp", demo)
     assert out == str(demo)
     assert (demo / DEMO_MARKER).is_file()
     assert is_demo_dataset(demo) and not is_demo_dataset(missing)
@@ -144,7 +146,7 @@ def test_resolve_missing_dataset_generates_demo_once(tmp_path, capsys, count_gen
     assert count_generation == [str(demo)]
 
     # second call: reuses the sample, still warns
-    assert resolve_dataset(missing, "pranet", demo) == str(demo)
+    assert resolve_dataset(missing, "polyp", demo) == str(demo)
     assert count_generation == [str(demo)]
     assert "WARNING" in capsys.readouterr().out
 
@@ -152,7 +154,7 @@ def test_resolve_missing_dataset_generates_demo_once(tmp_path, capsys, count_gen
 def test_resolve_isic2017_demo(tmp_path, capsys, monkeypatch):
     made = []
     monkeypatch.setattr(
-        bundle_utils, "make_synthetic_isic2017_dataset", lambda root, **kw: made.append(kw) or Path(root).mkdir()
+        ISIC2017Task, "make_sample", lambda self, root, **kw: made.append(kw) or Path(root).mkdir()
     )
     out = resolve_dataset(tmp_path / "none", "isic2017", tmp_path / "demo")
     assert out == str(tmp_path / "demo") and len(made) == 1 and is_demo_dataset(out)
@@ -161,8 +163,8 @@ def test_resolve_isic2017_demo(tmp_path, capsys, monkeypatch):
     assert resolve_dataset(real, "isic2017", tmp_path / "demo2") == str(real)
 
 
-def test_resolve_unknown_layout(tmp_path):
-    with pytest.raises(ValueError, match="layout"):
+def test_unknown_task(tmp_path):
+    with pytest.raises(ValueError, match="Unknown task 'kvasir-seg'; registered tasks: .*'isic2017', 'polyp'"):
         resolve_dataset(tmp_path, "kvasir-seg", tmp_path / "demo")
     assert not (tmp_path / "demo").exists()
 
@@ -254,3 +256,104 @@ def test_image_datalist_errors(tmp_path):
 def test_image_datalist_accepts_pathlike(tmp_path):
     _touch(tmp_path / "a.png")
     assert image_datalist(os.fspath(tmp_path)) == image_datalist(tmp_path) == [{"image": str(tmp_path / "a.png")}]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FastPaths / default_num_workers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device, amp, channels_last, expected",
+    [
+        # (engine_amp, inferer_amp, channels_last)
+        ("cpu", "false", "auto", (False, False, False)),
+        ("cpu", "true", "auto", (False, True, True)),
+        ("cpu", "true", "false", (False, True, False)),
+        ("cpu", False, "true", (False, False, True)),
+        ("cuda", "true", "auto", (True, False, False)),
+        ("cuda", True, None, (True, False, False)),
+        ("meta", "yes", "auto", (False, True, False)),
+    ],
+)
+def test_fast_paths_parse_once_and_derive(device, amp, channels_last, expected):
+    fp = FastPaths(device, amp=amp, channels_last=channels_last, compile="false")
+    assert (fp.engine_amp, fp.inferer_amp, fp.channels_last) == expected
+    assert fp.compile is False and FastPaths(device, compile="on").compile is True
+    inferer = fp.inferer()
+    assert isinstance(inferer, AutocastInferer)
+    assert (inferer.enabled, inferer.channels_last) == (fp.inferer_amp, fp.channels_last)
+
+
+def test_fast_paths_reject_bad_strings():
+    with pytest.raises(ValueError, match="'sometimes' as a boolean"):
+        FastPaths("cpu", amp="sometimes")
+    with pytest.raises(ValueError, match="'perhaps' as a boolean"):
+        FastPaths("cpu", channels_last="perhaps")
+
+
+def test_fast_paths_place_channels_last():
+    net = torch.nn.Conv2d(3, 4, 3)
+    placed = FastPaths("cpu", amp=True).place(net)
+    assert placed.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = FastPaths("cpu", amp=False).place(torch.nn.Conv2d(3, 4, 3))
+    assert plain.weight.is_contiguous() and not plain.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_default_num_workers(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_num_workers("cpu", training=True) == 0
+    assert default_num_workers("cuda", training=True) == 4
+    assert default_num_workers("cpu", training=False) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert default_num_workers("cuda", training=True) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# task registry and class definitions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, channel_def, labels, out_channels",
+    [
+        ("polyp", {"0": "background", "1": "polyp"}, {"polyp": 1}, 1),
+        ("isic2017", {"0": "background", "1": "lesion"}, {"lesion": 1}, 1),
+    ],
+)
+def test_task_classes(name, channel_def, labels, out_channels):
+    task = get_task(name)
+    assert task.channel_def() == channel_def and task.labels() == labels
+    assert task.out_channels == out_channels and task.in_channels == 3 and task.activation == "sigmoid"
+
+
+def test_softmax_task_counts_background_channel():
+    class ThreeClass(SegmentationTask):
+        name = "three"
+        class_names = ("background", "pz", "tz")
+        activation = "softmax"
+        channel_names = ("T2", "ADC")
+
+    task = ThreeClass()
+    assert task.out_channels == 3 and task.in_channels == 2 and task.labels() == {"pz": 1, "tz": 2}
+    assert task.channel_def() == {"0": "background", "1": "pz", "2": "tz"}
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"activation": "relu"}, "activation must be one of"),
+        ({"class_names": ("polyp",)}, "must start with 'background'"),
+        ({"class_names": ("background", "a", "a")}, "duplicates"),
+    ],
+)
+def test_task_definition_errors(attrs, message):
+    with pytest.raises(TypeError, match=message):
+        type("Bad", (SegmentationTask,), {"name": "bad", **attrs})
+
+
+def test_register_task_refuses_a_taken_name():
+    from transfuse_monai.tasks import register_task
+
+    with pytest.raises(ValueError, match="already registered by PolypTask"):
+        register_task(type("Other", (SegmentationTask,), {"name": "polyp"}))

@@ -1,4 +1,5 @@
-"""Tests for transfuse_monai.data.datalists and transfuse_monai.data.synthetic."""
+"""Tests of the generic datalist helpers (transfuse_monai.data) and of the polyp / ISIC 2017 task modules' layouts,
+datalists and generated samples (transfuse_monai.tasks)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfuse_monai.data import (
-    build_image_mask_datalist,
-    build_isic2017_datalist,
-    build_pranet_datalist,
-    build_pranet_test_datalists,
-    make_synthetic_isic2017_dataset,
-    make_synthetic_pranet_dataset,
-    split_datalist,
-    validate_datalist,
-)
+from transfuse_monai.data import build_image_mask_datalist, split_datalist, validate_datalist
+from transfuse_monai.tasks import get_task
+
+POLYP = get_task("polyp")
+ISIC = get_task("isic2017")
 
 
 @pytest.fixture(scope="module")
 def pranet_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("pranet")
-    return make_synthetic_pranet_dataset(
+    return POLYP.make_sample(
         root, n_train=6, test_sets={"Kvasir": 3, "CVC-ClinicDB": 2}, size=(32, 32), test_sizes=(35, 45), seed=1
     )
 
@@ -60,8 +56,8 @@ def test_synthetic_pranet_layout_and_content(pranet_root: str) -> None:
 
 
 def test_synthetic_is_deterministic(tmp_path: Path) -> None:
-    a = make_synthetic_pranet_dataset(tmp_path / "a", n_train=2, test_sets={}, size=(16, 16), seed=3)
-    b = make_synthetic_pranet_dataset(tmp_path / "b", n_train=2, test_sets={}, size=(16, 16), seed=3)
+    a = POLYP.make_sample(tmp_path / "a", n_train=2, test_sets={}, size=(16, 16), seed=3)
+    b = POLYP.make_sample(tmp_path / "b", n_train=2, test_sets={}, size=(16, 16), seed=3)
     for name in ("images/0000.png", "images/0001.jpg", "masks/0001.png"):
         assert (Path(a) / "TrainDataset" / name).read_bytes() == (Path(b) / "TrainDataset" / name).read_bytes()
 
@@ -70,7 +66,7 @@ def test_synthetic_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_build_pranet_train_datalist(pranet_root: str) -> None:
-    dl = build_pranet_datalist(pranet_root)
+    dl = POLYP.datalist(pranet_root, "train")
     assert len(dl) == 6
     assert [d["name"] for d in dl] == sorted(d["name"] for d in dl)
     for d in dl:
@@ -78,17 +74,17 @@ def test_build_pranet_train_datalist(pranet_root: str) -> None:
         assert Path(d["image"]).stem == Path(d["label"]).stem == d["name"]
         assert os.path.isabs(d["image"]) and isinstance(d["label"], str)
         assert Path(d["image"]).parent.name == "images" and Path(d["label"]).parent.name == "masks"
-    assert dl == build_pranet_datalist(pranet_root)  # deterministic
+    assert dl == POLYP.datalist(pranet_root, "train")  # deterministic
 
 
 def test_build_pranet_test_subset(pranet_root: str) -> None:
-    dl = build_pranet_datalist(pranet_root, "TestDataset/Kvasir")
+    dl = POLYP.subset_datalist(pranet_root, "TestDataset/Kvasir")
     assert [d["name"] for d in dl] == ["0000", "0001", "0002"]
 
 
 def test_build_pranet_test_datalists_skips_missing_sets(pranet_root: str) -> None:
     with pytest.warns(UserWarning) as record:
-        dls = build_pranet_test_datalists(pranet_root)
+        dls = POLYP.test_datalists(pranet_root)
     assert list(dls) == ["Kvasir", "CVC-ClinicDB"]
     assert [len(v) for v in dls.values()] == [3, 2]
     messages = [str(w.message) for w in record]
@@ -101,10 +97,10 @@ def test_build_pranet_test_datalists_skips_missing_sets(pranet_root: str) -> Non
 def test_build_pranet_test_datalists_explicit_and_discovered(pranet_root: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert list(build_pranet_test_datalists(pranet_root, sets=("CVC-ClinicDB",))) == ["CVC-ClinicDB"]
-        assert list(build_pranet_test_datalists(pranet_root, sets=None)) == ["CVC-ClinicDB", "Kvasir"]
+        assert list(POLYP.test_datalists(pranet_root, sets=("CVC-ClinicDB",))) == ["CVC-ClinicDB"]
+        assert list(POLYP.test_datalists(pranet_root, sets=None)) == ["CVC-ClinicDB", "Kvasir"]
     with pytest.raises(FileNotFoundError), pytest.warns(UserWarning, match="Nope"):
-        build_pranet_test_datalists(pranet_root, sets=["Nope"])
+        POLYP.test_datalists(pranet_root, sets=["Nope"])
 
 
 # --------------------------------------------------------------------------- ISIC 2017
@@ -112,13 +108,13 @@ def test_build_pranet_test_datalists_explicit_and_discovered(pranet_root: str) -
 
 @pytest.mark.parametrize("official", [True, False])
 def test_build_isic2017_both_layouts(tmp_path: Path, official: bool) -> None:
-    root = make_synthetic_isic2017_dataset(
+    root = ISIC.make_sample(
         tmp_path, n_train=3, n_val=2, n_test=1, size=(24, 20), official_layout=official
     )
     if official:  # the extra files of the official archives are present but ignored
         assert (tmp_path / "ISIC-2017_Training_Data" / "ISIC_0000000_superpixels.png").is_file()
         assert (tmp_path / "ISIC-2017_Training_Data" / "ISIC-2017_Training_Data_metadata.csv").is_file()
-    counts = {split: build_isic2017_datalist(root, split) for split in ("train", "val", "test")}
+    counts = {split: ISIC.datalist(root, split) for split in ("train", "val", "test")}
     assert [len(v) for v in counts.values()] == [3, 2, 1]
     train = counts["train"]
     assert [d["name"] for d in train] == ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002"]
@@ -129,19 +125,19 @@ def test_build_isic2017_both_layouts(tmp_path: Path, official: bool) -> None:
 
 
 def test_isic2017_plain_layout_with_segmentation_suffix(tmp_path: Path) -> None:
-    root = make_synthetic_isic2017_dataset(tmp_path, 2, 1, 1, size=(16, 16), official_layout=False)
+    root = ISIC.make_sample(tmp_path, n_train=2, n_val=1, n_test=1, size=(16, 16), official_layout=False)
     masks = tmp_path / "train" / "masks"
     for p in list(masks.iterdir()):
         p.rename(masks / f"{p.stem}_segmentation.png")
-    dl = build_isic2017_datalist(root, "train")
+    dl = ISIC.datalist(root, "train")
     assert [Path(d["label"]).name for d in dl] == ["ISIC_0000000_segmentation.png", "ISIC_0000001_segmentation.png"]
 
 
 def test_isic2017_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Unknown ISIC 2017 split"):
-        build_isic2017_datalist(tmp_path, "training")
+    with pytest.raises(ValueError, match="Unknown isic2017 split .training.; expected one of"):
+        ISIC.datalist(tmp_path, "training")
     with pytest.raises(FileNotFoundError, match="ISIC-2017_Validation_Data"):
-        build_isic2017_datalist(tmp_path, "val")
+        ISIC.datalist(tmp_path, "val")
 
 
 # --------------------------------------------------------------------------- validation errors
@@ -229,9 +225,9 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
     (tmp_path / "TrainDataset" / "masks").mkdir(parents=True)
     (tmp_path / "TrainDataset" / "images" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match=r"No images found in '.*TrainDataset[/\\]images'"):
-        build_pranet_datalist(tmp_path)
+        POLYP.datalist(tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="TestDataset"):
-        build_pranet_datalist(tmp_path, "TestDataset/Kvasir")
+        POLYP.subset_datalist(tmp_path, "TestDataset/Kvasir")
 
 
 # --------------------------------------------------------------------------- split
@@ -244,7 +240,6 @@ def test_split_datalist_deterministic() -> None:
     assert (train, val) == split_datalist(items, val_fraction=0.2, seed=0)
     assert {d["name"] for d in train} | {d["name"] for d in val} == {d["name"] for d in items}
     assert not {d["name"] for d in train} & {d["name"] for d in val}
-    assert [d["name"] for d in val] == sorted(d["name"] for d in val)  # original order kept
     assert split_datalist(items, 0.2, seed=1)[1] != val
     train[0]["name"] = "changed"  # shallow copies: the input is untouched
     assert items[0]["name"] == "00"

@@ -100,7 +100,7 @@ def _calibrated_state_dict(parser, image: Path) -> dict:
 def test_deploy_app_runs_exported_bundle(bundle, tmp_path, deploy_python):
     from monai.bundle import ConfigParser, ckpt_export
 
-    from transfuse_monai.data import make_synthetic_pranet_dataset
+    from transfuse_monai.tasks import get_task
 
     root = REPO / "bundles" / bundle
     meta_file = root / "configs" / "metadata.json"
@@ -118,7 +118,7 @@ def test_deploy_app_runs_exported_bundle(bundle, tmp_path, deploy_python):
     config_file.parent.mkdir()
     config_file.write_text(json.dumps(config, indent=1))
 
-    make_synthetic_pranet_dataset(tmp_path / "data", n_train=0, test_sets={"test": 1}, test_sizes=[IMAGE_HW])
+    get_task("polyp").make_sample(tmp_path / "data", n_train=0, test_sets={"test": 1}, test_sizes=[IMAGE_HW])
     image_dir = tmp_path / "data" / "TestDataset" / "test" / "images"
     (image,) = sorted(image_dir.iterdir())
 

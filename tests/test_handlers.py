@@ -1,4 +1,4 @@
-"""Tests for transfuse_monai.handlers: GradientClipping, ResumableCheckpoint, SegmentationMetricsReport."""
+"""Tests of transfuse_monai.handlers: GradientClipping, ResumableCheckpoint, SegmentationMetricsReport and OverlayWriter."""
 
 from __future__ import annotations
 
@@ -11,13 +11,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.data import MetaTensor, list_data_collate
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from transfuse_monai.handlers import GradientClipping, ResumableCheckpoint, SegmentationMetricsReport, format_table
+from transfuse_monai.handlers import (
+    GradientClipping,
+    OverlayWriter,
+    ResumableCheckpoint,
+    SegmentationMetricsReport,
+    format_class_table,
+    format_table,
+    split_class_metrics,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -355,3 +363,205 @@ def test_format_table():
         "| Kvasir | 2 | 0.912 | n/a |",
         "| all images | 5 | 0.500 | n/a |",
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SegmentationMetricsReport with per-class metrics and spacing
+# ---------------------------------------------------------------------------------------------------------------------
+
+CLASSES = ("background", "liver", "tumour")
+
+
+def _index_items(n: int = 4, size: int = 24, meta: dict | None = None, spacing=None) -> list[dict]:
+    """Class-index maps: liver block and tumour block; the image is the label with the tumour of image i shifted down
+    by i rows (the identity 'network' then predicts it)."""
+    items = []
+    for i in range(n):
+        label = torch.zeros(1, size, size)
+        label[0, 2:10, 2:12] = 1
+        label[0, 12:20, 8:20] = 2
+        image = label.clone()
+        image[image == 2] = 0
+        image[0, 12 + i : 20 + i, 8:20] = 2
+        if meta is not None:
+            label = MetaTensor(label, affine=meta["affine"], meta={k: v for k, v in meta.items() if k != "affine"})
+        item = {Keys.IMAGE: image, Keys.LABEL: label, "name": f"case{i}", "set": "AB"[i % 2]}
+        if spacing is not None:
+            item["spacing"] = torch.tensor(spacing, dtype=torch.float64)
+        items.append(item)
+    return items
+
+
+def test_metrics_report_per_class_table_with_spacing_key(tmp_path, capsys):
+    from transfuse_monai.metrics import SegmentationMetrics
+
+    metric = SegmentationMetrics(CLASSES, activation="softmax", metrics=("dice", "hd"))
+    items = _index_items(spacing=(0.5, 0.5))
+    handler = SegmentationMetricsReport(metric, tmp_path, title="Demo")
+    evaluator = _evaluate(items, handler)
+
+    expected = [metric(it[Keys.IMAGE], it[Keys.LABEL], spacing=0.5) for it in items]
+    assert [r["hd_tumour"] for r in handler.rows] == pytest.approx([0.0, 0.5, 1.0, 1.5])  # shift i rows * 0.5 mm
+    for row, e in zip(handler.rows, expected):
+        assert {k: row[k] for k in e} == pytest.approx(e)
+    overall = handler.summary["all images"]
+    assert overall["dice_liver"] == 1.0 and overall["hd_tumour"] == pytest.approx(0.75)
+    assert evaluator.state.metrics["B/hd_tumour"] == pytest.approx(1.0)  # images 1 and 3
+
+    out = capsys.readouterr().out
+    assert "| set | n | dice | hd |" in out  # the set table shows the class means only
+    assert "dice_liver" not in out.split("Per-class")[0]
+    lines = out.splitlines()
+    start = lines.index("Per-class metrics, all images:")
+    table = lines[start + 1 : start + 6]
+    assert table[0] == "| class  |   dice | hd (mm) |"
+    assert table[1] == "|:-------|-------:|--------:|"
+    assert table[2] == "| liver  | 1.0000 |  0.0000 |"
+    assert table[3] == f"| tumour | {overall['dice_tumour']:.4f} |  0.7500 |"
+    assert table[4].startswith("| mean   |")
+    assert len({len(line) for line in table}) == 1  # aligned
+    document = (tmp_path / "metrics_per_class.md").read_text()
+    assert document.startswith("# Demo\n") and "Per-class metrics, A (2 images)" in document
+    assert "| tumour | 0.8750 |  0.5000 |" in document  # set A: shifts 0 and 2 rows -> Dice (1 + 6/8) / 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics_per_class.md", "metrics_per_image.csv", "metrics_summary.json"
+    ]
+
+
+def test_metrics_report_spacing_from_meta_and_required(tmp_path):
+    from transfuse_monai.metrics import SegmentationMetrics
+
+    metric = SegmentationMetrics(CLASSES, activation="softmax", metrics=("hd",))
+    affine = torch.diag(torch.tensor([0.25, 2.0, 1.0, 1.0], dtype=torch.float64))
+    items = _index_items(meta={"affine": affine, "pixdim": np.array([1.0, 0.25, 2.0, 1.0])})
+    handler = SegmentationMetricsReport(metric, tmp_path, print_table=False)
+    _evaluate(items, handler)
+    assert [r["hd_tumour"] for r in handler.rows] == pytest.approx([0.0, 0.25, 0.5, 0.75])  # rows are 0.25 mm
+
+    # a MetaTensor without a recorded physical spacing (e.g. a PNG): identity affine, no pixdim -> not used as mm
+    plain = _index_items(meta={"affine": torch.eye(4, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="need the pixel spacing"):
+        _evaluate(plain, SegmentationMetricsReport(metric, tmp_path / "x", print_table=False))
+    # metric functions without a spacing argument are called as before
+    assert not SegmentationMetricsReport(_metric_fn, tmp_path).takes_spacing
+
+
+def test_metrics_report_nan_aware_means(tmp_path):
+    def fn(pred, label):
+        return {"hd": float("nan") if label.sum() == 0 else float(label.sum()), "always_nan": float("nan")}
+
+    items = [{Keys.IMAGE: torch.zeros(1, 4, 4), Keys.LABEL: torch.zeros(1, 4, 4), "name": "empty", "set": "A"}]
+    items += [{Keys.IMAGE: torch.zeros(1, 4, 4), Keys.LABEL: torch.ones(1, 4, 4), "name": "full", "set": "A"}]
+    handler = SegmentationMetricsReport(fn, tmp_path, print_table=False)
+    _evaluate(items, handler)
+    assert handler.summary["A"]["hd"] == 16.0  # the NaN of the empty image is skipped
+    saved = json.loads((tmp_path / "metrics_summary.json").read_text())
+    assert saved["A"] == {"n": 2, "hd": 16.0, "always_nan": None}  # standard JSON: NaN as null
+
+
+def test_format_class_table_and_split():
+    values = {"dice": 0.5, "dice_a": 1.0, "dice_b_c": 0.0, "asd_px": 2.0, "asd_px_a": 2.0, "asd_px_b_c": float("nan")}
+    metrics, classes = split_class_metrics(list(values))
+    assert metrics == ["dice", "asd_px"] and classes == ["a", "b_c"]
+    assert split_class_metrics(["dice", "iou", "mae"]) == ([], [])
+    assert split_class_metrics(["jaccard_orig", "dice_orig"]) == ([], [])
+    table = format_class_table(values, metrics, classes, {"asd_px": "px"}, digits=2)
+    assert table.splitlines() == [
+        "| class  | dice | asd_px (px) |",
+        "|:-------|-----:|------------:|",
+        "| a      | 1.00 |        2.00 |",
+        "| b_c    | 0.00 |         n/a |",
+        "| mean   | 0.50 |        2.00 |",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# OverlayWriter
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _run_items(items, handler, batch_size: int = 2):
+    """An evaluator-like ignite engine whose output is the decollated batch itself."""
+    engine = Engine(lambda e, batch: batch)
+    handler.attach(engine)
+    engine.run([items[i : i + batch_size] for i in range(0, len(items), batch_size)])
+    return engine
+
+
+def _read_png(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.mode == "RGB"
+        return np.asarray(im)
+
+
+def _colour_mask(rgb: np.ndarray, colour) -> np.ndarray:
+    return np.all(rgb == np.asarray(colour, dtype=np.uint8), axis=-1)
+
+
+def test_overlay_writer_softmax_contours(tmp_path):
+    from skimage.segmentation import find_boundaries
+
+    items = _index_items(n=4, size=32)
+    for i, it in enumerate(items):  # prediction: softmax probabilities of the shifted label; image: grey noise
+        index = it[Keys.IMAGE]
+        it[Keys.PRED] = torch.nn.functional.one_hot(index[0].long(), 3).permute(2, 0, 1).float() * 0.8 + 0.1
+        it[Keys.IMAGE] = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(i)) * 7 - 3
+    writer = OverlayWriter(tmp_path, max_images=3, activation="softmax", class_names=CLASSES)
+    _run_items(items, writer)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case0.png", "case1.png", "case2.png", "legend.json"]
+    legend = json.loads((tmp_path / "legend.json").read_text())
+    assert set(legend["classes"]) == {"liver", "tumour"}
+    for i in range(3):
+        rgb = _read_png(tmp_path / f"case{i}.png")
+        assert rgb.shape == (32, 32, 3)
+        label, pred = items[i][Keys.LABEL][0].numpy(), items[i][Keys.PRED].argmax(0).numpy()
+        for c in (1, 2):
+            gt_colour, pred_colour = writer.class_color(c)
+            gt_pixels, pred_pixels = _colour_mask(rgb, gt_colour), _colour_mask(rgb, pred_colour)
+            gt_boundary = find_boundaries(label == c, mode="inner")
+            pred_boundary = find_boundaries(pred == c, mode="inner")
+            assert np.all(gt_boundary[gt_pixels]) and np.all(pred_boundary[pred_pixels])
+            assert pred_pixels.sum() == pred_boundary.sum()  # the prediction is drawn on top, complete
+            assert np.array_equal(gt_pixels, gt_boundary & ~pred_boundary)  # GT visible where the prediction missed
+        untouched = ~np.any([_colour_mask(rgb, col) for pair in writer.colors for col in pair], axis=0)
+        grey = rgb[untouched]
+        assert np.all(grey[:, 0] == grey[:, 1]) and grey.min() == 0 and grey.max() == 255  # per-image rescaling
+    assert not _colour_mask(_read_png(tmp_path / "case0.png"), writer.class_color(2)[0]).any()  # perfect tumour
+
+
+def test_overlay_writer_resizes_image_to_prediction_and_names_from_meta(tmp_path):
+    label = torch.zeros(1, 16, 24)
+    label[0, 4:12, 6:18] = 1
+    item = {
+        Keys.IMAGE: MetaTensor(torch.rand(3, 32, 48), meta={"filename_or_obj": "/data/ISIC_0001.jpg"}),
+        Keys.PRED: label * 0.9,
+        Keys.LABEL: label,
+    }
+    writer = OverlayWriter(tmp_path, activation="sigmoid")  # classes inferred from the prediction
+    _run_items([item], writer)
+    rgb = _read_png(tmp_path / "ISIC_0001.png")
+    assert rgb.shape == (16, 24, 3)
+    pred_colour = writer.class_color(1)[1]
+    assert _colour_mask(rgb, pred_colour).sum() == 2 * 8 + 2 * 12 - 4  # the rectangle's boundary
+
+
+def test_overlay_writer_3d_slice_with_most_foreground(tmp_path):
+    label = torch.zeros(1, 16, 16, 6)
+    label[0, 4:8, 4:8, 1] = 1
+    label[0, 2:14, 2:14, 4] = 1
+    writer = OverlayWriter(tmp_path, activation="softmax", class_names=("background", "organ"))
+    _run_items([{Keys.IMAGE: torch.rand(1, 16, 16, 6), Keys.PRED: label, Keys.LABEL: label, "name": "vol"}], writer)
+    rgb = _read_png(tmp_path / "vol_slice004.png")
+    assert rgb.shape == (16, 16, 3)
+    assert _colour_mask(rgb, writer.class_color(1)[1]).sum() == 4 * 12 - 4
+
+
+def test_overlay_writer_bad_arguments():
+    with pytest.raises(ValueError, match="max_images"):
+        OverlayWriter("x", max_images=0)
+    writer = OverlayWriter("x", activation="softmax")
+    with pytest.raises(ValueError, match="class_names"):
+        writer.render(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
 from transfuse_monai.bundle import place_network
 from transfuse_monai.inferers import AutocastInferer
@@ -95,6 +95,24 @@ def test_wraps_a_sliding_window_inferer():
     torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize(
+    "inner, x",
+    [(SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=2), torch.randn(1, 3, 40, 40)),
+     (SliceInferer(roi_size=(16, 16), sw_batch_size=3, spatial_dim=2), torch.randn(1, 3, 16, 16, 5))],
+    ids=["sliding-window-4d", "slices-of-5d-volumes"],
+)
+def test_channels_last_applies_to_what_the_network_receives(inner, x):
+    """The windows and the slices cut from 5D volumes reach the network channels-last, not only 4D inputs."""
+    net = Recorder().eval()
+    with torch.no_grad():
+        ref = inner(x, net)
+        n = len(net.calls)
+        out = AutocastInferer(inner, enabled=False, channels_last=True)(x, net)
+    assert n > 1 and not any(c["input_channels_last"] for c in net.calls[:n])
+    assert len(net.calls) == 2 * n and all(c["input_channels_last"] for c in net.calls[n:])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_training_forward_backpropagates_float32_gradients():
     net = Recorder().train()
     x = torch.randn(2, 3, 16, 16)
@@ -162,14 +180,14 @@ def test_bundle_fast_path_flags_on_cpu(bundle, size, config):
     net = parser.get_parsed_content("network")
     conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
-    assert parser.get_parsed_content("engine_amp") is False
+    assert parser.get_parsed_content("fast_paths").engine_amp is False
     if config == "train.json":
         assert parser.get_parsed_content("validate#inferer") is inferer
     engines = ("train#trainer", "validate#evaluator") if config == "train.json" else ("evaluator",)
     for engine in engines:  # building the engines needs data; their arguments are checked as written
-        assert parser.get(f"{engine}#amp") == "@engine_amp"
-        assert parser.get(f"{engine}#compile") == "$transfuse_monai.bundle.as_bool(@compile)"
-    assert parser.get_parsed_content("compile") is True
+        assert parser.get(f"{engine}#amp") == "$@fast_paths.engine_amp"
+        assert parser.get(f"{engine}#compile") == "$@fast_paths.compile"
+    assert parser.get_parsed_content("fast_paths").compile is True
 
     for overrides in ({}, {"amp": "true", "channels_last": "false", "device": "cpu"}):  # Label: device as a string
         parser = parse(**overrides)
@@ -177,4 +195,4 @@ def test_bundle_fast_path_flags_on_cpu(bundle, size, config):
         assert inferer.enabled == bool(overrides) and not inferer.channels_last
         conv = next(m for m in parser.get_parsed_content("network").modules() if isinstance(m, nn.Conv2d))
         assert conv.weight.is_contiguous()
-        assert parser.get_parsed_content("compile") is False
+        assert parser.get_parsed_content("fast_paths").compile is False

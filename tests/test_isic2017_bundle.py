@@ -5,7 +5,7 @@ Runs the bundle as a user does (``python -m monai.bundle ...`` from the reposito
 non-square 32x64 (H x W) size, evaluate at both resolutions (tables + files), infer (mask sizes equal the inputs', and
 their Jaccard against the masks equals what evaluation reports at the original resolution), export ``model.ts`` and
 reload it; metadata, network I/O and workflow-property checks; and the authors' checkpoint format evaluated through
-the single ``pretrained_ckpt`` override.
+the single ``init_ckpt`` override.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from authors_reference import AuthorsTransFuseS  # noqa: E402
 
-from transfuse_monai.data import ISIC2017_SPLITS, make_synthetic_isic2017_dataset  # noqa: E402
+from transfuse_monai.tasks import ISIC2017_SPLITS, get_task  # noqa: E402
 from transfuse_monai.metrics import binary_segmentation_metrics  # noqa: E402
 from transfuse_monai.networks.nets import (  # noqa: E402
     TransFuse,
@@ -62,7 +62,7 @@ def read_csv(path: Path) -> list[dict]:
 def work(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("isic2017")
     data = Path(
-        make_synthetic_isic2017_dataset(
+        get_task("isic2017").make_sample(
             root / "data", n_train=4, n_val=2, n_test=3, size=TEST_SIZES, official_layout=True, seed=5
         )
     )
@@ -203,7 +203,7 @@ def test_plain_layout_and_bad_dataset(tmp_path):
     written, naming the image."""
     from monai.bundle import ConfigWorkflow
 
-    data = Path(make_synthetic_isic2017_dataset(tmp_path / "plain", n_train=3, n_val=1, n_test=1, size=(32, 32),
+    data = Path(get_task("isic2017").make_sample(tmp_path / "plain", n_train=3, n_val=1, n_test=1, size=(32, 32),
                                                 official_layout=False))
     wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", dataset_dir=str(data),
                         pretrained=False, image_size=[32, 32], num_workers=0)
@@ -271,7 +271,7 @@ def test_evaluate_runs_on_the_authors_checkpoint_with_one_override(work, authors
     no_models = tmp_path / "models"  # absent: evaluation must not look for model.pt
     wf = ConfigWorkflow(
         config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], workflow_type=None,
-        pretrained_ckpt=str(path), dataset_dir=str(data), eval_split="val", num_workers=0,
+        init_ckpt=str(path), dataset_dir=str(data), eval_split="val", num_workers=0,
         ckpt_dir=str(no_models), output_dir=str(tmp_path / "eval"),
     )
     wf.initialize()
@@ -306,7 +306,7 @@ def test_train_config_fine_tunes_from_the_authors_checkpoint(work, authors_ckpt)
 
     path, _ = authors_ckpt
     wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), workflow_type="train", pretrained_ckpt=str(path),
+        config_file=str(CONFIGS / "train.json"), workflow_type="train", init_ckpt=str(path),
         dataset_dir=str(work["data"]), image_size=list(SIZE), num_workers=0,
     )
     wf.initialize()

@@ -1,4 +1,4 @@
-"""Tests of StructureLoss and its deep-supervision wrapper."""
+"""Tests of StructureLoss, its deep-supervision wrapper and TransFuseLoss (binary and multi-class tasks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transfuse_monai.losses import DeepSupervisionStructureLoss, StructureLoss
+from monai.losses import DiceCELoss
+
+from transfuse_monai.losses import DeepSupervisionStructureLoss, StructureLoss, TransFuseLoss
 
 
 @pytest.fixture()
@@ -88,3 +90,125 @@ def test_matches_pooling_definition():
     inter, union = (p * mask * w).sum((2, 3)), ((p + mask) * w).sum((2, 3))
     expected = (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
     assert StructureLoss()(logits, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# TransFuseLoss: every task (sigmoid / softmax) with the structure loss or DiceCE
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _index_label(seed: int = 0, shape=(2, 1, 32, 32)) -> torch.Tensor:
+    """A class-index map with classes 1 and 2 as blocks, plus random noise labels, as float (as loaders give)."""
+    g = torch.Generator().manual_seed(seed)
+    label = torch.zeros(shape)
+    label[..., 4:14, 4:20] = 1
+    label[..., 18:30, 10:28] = 2
+    flip = torch.rand(shape, generator=g) < 0.05
+    return torch.where(flip, torch.randint(0, 3, shape, generator=g).float(), label)
+
+
+def _heads(seed: int = 0, shape=(2, 3, 3, 32, 32)) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["structure", "dicece"])
+def test_transfuse_loss_index_map_equals_one_hot(kind):
+    label = _index_label()
+    onehot = F.one_hot(label[:, 0].long(), 3).permute(0, 3, 1, 2).float()
+    loss = TransFuseLoss(kind, activation="softmax", num_classes=3)
+    heads = _heads()
+    from_index, from_onehot = loss(heads, label), loss(heads, onehot)
+    assert from_index.item() == pytest.approx(from_onehot.item(), rel=1e-6)
+    assert from_index.item() > 0
+    # a different label gives a different loss (the label is really used)
+    assert loss(heads, _index_label(seed=1)).item() != pytest.approx(from_index.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_transfuse_loss_weights_structure_softmax(include_background):
+    label = _index_label()
+    onehot = F.one_hot(label[:, 0].long(), 3).permute(0, 3, 1, 2).float()
+    heads = _heads()
+    per_head = [StructureLoss(include_background=include_background)(heads[:, i], onehot).item() for i in range(3)]
+    expected = 0.5 * per_head[0] + 0.3 * per_head[1] + 0.2 * per_head[2]
+    loss = TransFuseLoss("structure", activation="softmax", num_classes=3, include_background=include_background)
+    assert loss(heads, label).item() == pytest.approx(expected, rel=1e-6)
+    assert loss(list(heads.unbind(1)), label).item() == pytest.approx(expected, rel=1e-6)  # list of heads
+    assert loss(heads[:, 0], label).item() == pytest.approx(per_head[0], rel=1e-6)  # eval output: plain loss
+    # per-class on the logits: without the background, channel 0 is ignored entirely
+    if not include_background:
+        changed = heads.clone()
+        changed[:, :, 0] = 100.0
+        assert loss(changed, label).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_transfuse_loss_weights_dicece_softmax():
+    label = _index_label()
+    heads = _heads()
+    dicece = DiceCELoss(to_onehot_y=True, softmax=True)
+    per_head = [dicece(heads[:, i], label).item() for i in range(3)]
+    loss = TransFuseLoss("dicece", activation="softmax", weights=(0.5, 0.3, 0.2))
+    expected = 0.5 * per_head[0] + 0.3 * per_head[1] + 0.2 * per_head[2]
+    assert loss(heads, label).item() == pytest.approx(expected, rel=1e-5)
+    custom = TransFuseLoss("dicece", activation="softmax", weights=(0.0, 1.0, 0.0), lambda_ce=0.0)
+    dice_only = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.0)(heads[:, 1], label).item()
+    assert custom(heads, label).item() == pytest.approx(dice_only, rel=1e-5)
+
+
+def test_transfuse_loss_sigmoid_equals_structure_loss(square_mask):
+    heads = torch.stack(
+        [torch.where(square_mask > 0, 4.0, -4.0), torch.zeros_like(square_mask), torch.randn_like(square_mask)], dim=1
+    )
+    new = TransFuseLoss("structure", activation="sigmoid", num_classes=1)
+    old = DeepSupervisionStructureLoss()
+    assert new(heads, square_mask).item() == pytest.approx(old(heads, square_mask).item(), rel=1e-7)
+    assert TransFuseLoss()(heads[:, 0], square_mask).item() == pytest.approx(
+        StructureLoss()(heads[:, 0], square_mask).item(), rel=1e-7
+    )
+    bce_dice = TransFuseLoss("dicece", activation="sigmoid")
+    monai_loss = DiceCELoss(sigmoid=True)
+    expected = sum(w * monai_loss(heads[:, i], square_mask).item() for i, w in enumerate((0.5, 0.3, 0.2)))
+    assert bce_dice(heads, square_mask).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_transfuse_loss_gradient_and_kwargs():
+    label = _index_label()
+    heads = _heads().requires_grad_(True)
+    TransFuseLoss("structure", activation="softmax", kernel_size=5, boundary_weight=0.0)(heads, label).backward()
+    assert heads.grad is not None and heads.grad.abs().sum() > 0
+    # kwargs reach the per-head loss
+    plain = TransFuseLoss("structure", activation="softmax", boundary_weight=0.0)(heads.detach(), label)
+    weighted = TransFuseLoss("structure", activation="softmax")(heads.detach(), label)
+    assert plain.item() != pytest.approx(weighted.item(), rel=1e-3)
+
+
+def test_transfuse_loss_bad_inputs():
+    heads, label = _heads(), _index_label()
+    with pytest.raises(ValueError, match="num_classes=4"):
+        TransFuseLoss("dicece", activation="softmax", num_classes=4)(heads, label)
+    with pytest.raises(ValueError, match="neither a class-index map"):
+        TransFuseLoss(activation="softmax")(heads, label.repeat(1, 2, 1, 1))
+    with pytest.raises(ValueError, match=r"values in \[0, 2\]"):
+        TransFuseLoss(activation="softmax")(heads, label + 1)
+    with pytest.raises(ValueError, match="non-integer"):
+        TransFuseLoss(activation="softmax")(heads, label * 0.5)
+    with pytest.raises(ValueError, match="sum to 1"):
+        TransFuseLoss(activation="softmax")(heads, torch.ones(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="one binary mask per output channel"):
+        TransFuseLoss(activation="sigmoid")(heads, label)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        TransFuseLoss(activation="sigmoid")(heads, label.repeat(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="at least 2 output channels"):
+        TransFuseLoss(activation="softmax")(heads[:, :, :1], label.clamp(max=0))
+    with pytest.raises(ValueError, match="deep-supervision weights"):
+        TransFuseLoss(activation="softmax")(list(heads.unbind(1))[:2], label)
+    with pytest.raises(ValueError, match="spatial shape"):
+        TransFuseLoss(activation="softmax")(heads, label[..., :16])
+    with pytest.raises(ValueError, match="Unknown loss"):
+        TransFuseLoss("focal")
+    with pytest.raises(ValueError, match="Unknown activation"):
+        TransFuseLoss(activation="relu")
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        TransFuseLoss(activation="softmax", num_classes=1)
+    with pytest.raises(ValueError, match="to_onehot_y"):
+        TransFuseLoss("dicece", activation="softmax", to_onehot_y=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transfuse_monai.data import make_synthetic_pranet_dataset
+from transfuse_monai.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file())
@@ -60,7 +60,7 @@ def test_bundle_infer_task_returns_storable_2d_label(bundle, tmp_path):
     from monailabel.tasks.infer.bundle import BundleInferTask
 
     path = _label_ready_copy(bundle, tmp_path)
-    data = Path(make_synthetic_pranet_dataset(tmp_path / "data", n_train=1, test_sets={}, size=(70, 90)))
+    data = Path(get_task("polyp").make_sample(tmp_path / "data", n_train=1, test_sets={}, size=(70, 90)))
     image = next((data / "TrainDataset" / "images").iterdir())
 
     task = BundleInferTask(str(path), {})
@@ -86,7 +86,7 @@ def test_bundle_train_task_trains_from_a_datastore(bundle, tmp_path):
     before = torch.load(path / "models" / "model.pt", map_location="cpu", weights_only=True)
 
     # a MONAI Label datastore: images at the root, final labels (0/1 PNGs) under labels/final
-    gen = Path(make_synthetic_pranet_dataset(tmp_path / "gen", n_train=4, test_sets={}, size=(64, 64)))
+    gen = Path(get_task("polyp").make_sample(tmp_path / "gen", n_train=4, test_sets={}, size=(64, 64)))
     store = tmp_path / "datastore"
     (store / "labels" / "final").mkdir(parents=True)
     for img in sorted((gen / "TrainDataset" / "images").iterdir()):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transfuse_monai.data import make_synthetic_pranet_dataset
+from transfuse_monai.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "polyp"
@@ -39,7 +39,7 @@ def bundle(*args: str, cwd: Path = REPO, check: bool = True, env: dict | None = 
 def work(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("polyp")
     data = Path(
-        make_synthetic_pranet_dataset(
+        get_task("polyp").make_sample(
             root / "data", n_train=12, test_sets={"Kvasir": 3, "CVC-ClinicDB": 3}, size=(72, 72),
             test_sizes=[(70, 90), (96, 80)], seed=3,
         )
@@ -176,7 +176,7 @@ def test_workflow_properties(work):
 
 
 def test_bad_dataset_is_reported_before_training(tmp_path):
-    data = Path(make_synthetic_pranet_dataset(tmp_path / "bad", n_train=4, test_sets={}, size=(32, 32)))
+    data = Path(get_task("polyp").make_sample(tmp_path / "bad", n_train=4, test_sets={}, size=(32, 32)))
     victim = sorted((data / "TrainDataset" / "masks").iterdir())[1]
     victim.unlink()
     proc = bundle(

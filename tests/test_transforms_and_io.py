@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage
 
 from transfuse_monai.data import AtomicPILWriter
-from transfuse_monai.transforms import BinaryMaskd, EnsureNumChannelsd, SelectHeadd
+from transfuse_monai.transforms import ClassIndexd, EnsureNumChannelsd, SelectHeadd
 
 # ---------------------------------------------------------------------------------------------------------------------
 # EnsureNumChannelsd
@@ -54,7 +54,7 @@ def test_ensure_num_channels_errors():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# BinaryMaskd
+# ClassIndexd
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -62,7 +62,7 @@ def test_binary_mask_rgb_0_255():
     g = torch.Generator().manual_seed(0)
     fg = torch.rand(5, 7, generator=g) > 0.5
     mask = (fg.to(torch.uint8) * 255).unsqueeze(0).repeat(3, 1, 1)  # RGB-saved 0/255 mask
-    out = BinaryMaskd("label")({"label": mask})["label"]
+    out = ClassIndexd("label", num_classes=2)({"label": mask})["label"]
     assert out.shape == (1, 5, 7)
     assert out.dtype == torch.float32
     assert set(torch.unique(out).tolist()) == {0.0, 1.0}
@@ -71,21 +71,43 @@ def test_binary_mask_rgb_0_255():
 
 def test_binary_mask_0_1_kept_and_threshold():
     mask = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
-    out = BinaryMaskd("label")({"label": mask})["label"]
+    out = ClassIndexd("label", num_classes=2)({"label": mask})["label"]
     torch.testing.assert_close(out, mask)  # max 1: not divided by 255
     soft = torch.tensor([[[0.2, 0.6], [0.8, 1.0]]])
-    torch.testing.assert_close(BinaryMaskd("label")({"label": soft})["label"], torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]))
+    torch.testing.assert_close(ClassIndexd("label", num_classes=2)({"label": soft})["label"], torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]))
     torch.testing.assert_close(
-        BinaryMaskd("label", threshold=0.7)({"label": soft})["label"], torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
+        ClassIndexd("label", num_classes=2, threshold=0.7)({"label": soft})["label"], torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
     )
     # antialiased 0..255 edges: 100/255 < 0.5 < 200/255
     grey = torch.tensor([[[0, 100], [200, 255]]], dtype=torch.uint8)
-    torch.testing.assert_close(BinaryMaskd("label")({"label": grey})["label"], torch.tensor([[[0.0, 0.0], [1.0, 1.0]]]))
+    torch.testing.assert_close(ClassIndexd("label", num_classes=2)({"label": grey})["label"], torch.tensor([[[0.0, 0.0], [1.0, 1.0]]]))
 
 
 def test_binary_mask_all_zero():
-    out = BinaryMaskd("label")({"label": torch.zeros(3, 4, 4, dtype=torch.uint8)})["label"]
+    out = ClassIndexd("label", num_classes=2)({"label": torch.zeros(3, 4, 4, dtype=torch.uint8)})["label"]
     assert out.shape == (1, 4, 4) and float(out.sum()) == 0.0
+
+
+def test_class_index_multi_class_values_kept_and_checked():
+    from monai.data import MetaTensor
+
+    mask = torch.tensor([[[0, 1], [2, 3]]], dtype=torch.uint8).repeat(3, 1, 1)  # RGB-saved index map
+    out = ClassIndexd("label", num_classes=4)({"label": mask})["label"]
+    assert out.shape == (1, 2, 2) and out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[[0.0, 1.0], [2.0, 3.0]]]))
+    bad = MetaTensor(torch.tensor([[[0, 1], [5, 255]]]), meta={"filename_or_obj": "/data/hip_007.png"})
+    with pytest.raises(ValueError, match=r"'label' in '/data/hip_007.png' holds value\(s\) 5, 255 that are not among"):
+        ClassIndexd("label", num_classes=4)({"label": bad})
+
+
+def test_class_index_maps_stored_values():
+    mask = torch.tensor([[[0, 85], [170, 255]]], dtype=torch.uint8)
+    out = ClassIndexd("label", num_classes=4, values=(0, 85, 170, 255))({"label": mask})["label"]
+    torch.testing.assert_close(out, torch.tensor([[[0.0, 1.0], [2.0, 3.0]]]))
+    with pytest.raises(ValueError, match="one stored value per class"):
+        ClassIndexd("label", num_classes=4, values=(0, 255))
+    with pytest.raises(ValueError, match="at least 2"):
+        ClassIndexd("label", num_classes=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -277,3 +277,99 @@ def test_device_aware_attention_refuses_what_it_cannot_compute():
     assert not DeviceAwareAttention.can_replace(gated) and not DeviceAwareAttention.can_replace(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="gated"):
         DeviceAwareAttention(gated)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# position embedding: timm's resampling at run time and when a checkpoint of another input size is loaded
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _handwritten_resample(pos: torch.Tensor, src, dst) -> torch.Tensor:
+    """The resampling this package used before timm's (the numerics it must keep)."""
+    grid = pos.reshape(1, src[0], src[1], pos.shape[-1]).permute(0, 3, 1, 2).float()
+    grid = torch.nn.functional.interpolate(grid, size=tuple(dst), mode="bicubic", align_corners=False)
+    return grid.flatten(2).transpose(1, 2).to(pos.dtype)
+
+
+@pytest.mark.parametrize("grid", [(12, 16), (28, 28), (4, 4), (22, 22)])
+def test_run_time_position_embedding_is_timms_resampling_with_unchanged_numerics(net_s, grid):
+    from timm.layers import resample_abs_pos_embed
+
+    with torch.no_grad():
+        pos = net_s.transformer.pos_embed  # 22x22 grid of img_size 352
+        ours = net_s.transformer.resampled_pos_embed(*grid)
+        timm_ref = resample_abs_pos_embed(pos, list(grid), [22, 22], num_prefix_tokens=0, antialias=False)
+        assert ours.shape == (1, grid[0] * grid[1], 384)
+        assert torch.equal(ours, timm_ref)
+        torch.testing.assert_close(ours, _handwritten_resample(pos, (22, 22), grid), atol=1e-6, rtol=0)
+        if grid != (22, 22):  # timm's default antialias=True (PIL's cubic kernel) would change the values
+            aa = resample_abs_pos_embed(pos, list(grid), [22, 22], num_prefix_tokens=0)
+            assert (aa - ours).abs().max() > 1e-3
+
+
+def test_resample_pos_embed_checks_the_grid_and_scripts():
+    from transfuse_monai.networks.blocks.backbones import resample_pos_embed
+
+    pos = torch.randn(1, 36, 8)
+    scripted = torch.jit.script(resample_pos_embed)
+    torch.testing.assert_close(scripted(pos, [3, 5], [6, 6]), resample_pos_embed(pos, [3, 5], [6, 6]))
+    assert resample_pos_embed(pos, [6, 6], [6, 6]) is pos
+    with pytest.raises(ValueError, match=r"\[1, 36, 8\] does not hold the 5x5 token grid"):
+        resample_pos_embed(pos, [2, 2], [5, 5])
+
+
+def _tiny(img_size, seed=0) -> TransFuse:
+    torch.manual_seed(seed)
+    return TransFuse(img_size=img_size, cnn_name="resnet18", vit_name="vit_tiny_patch16_224", depth=2).eval()
+
+
+def test_checkpoint_of_another_input_size_loads_with_resampled_position_embedding(tmp_path, single_thread):
+    from timm.layers import resample_abs_pos_embed
+
+    from transfuse_monai.networks.nets.checkpoint import load_transfuse_checkpoint
+
+    small = _tiny((96, 96), seed=0)
+    path = tmp_path / "model_96.pt"
+    torch.save(small.state_dict(), path)
+    saved = torch.load(path, weights_only=True)
+    assert saved["transformer.pos_embed"].shape == (1, 36, 192)
+    big = _tiny((352, 352), seed=1)
+    assert load_transfuse_checkpoint(big, path) is big
+    loaded = big.state_dict()
+    assert loaded["transformer.pos_embed"].shape == (1, 484, 192)
+    expected = resample_abs_pos_embed(saved["transformer.pos_embed"], [22, 22], [6, 6], num_prefix_tokens=0,
+                                      antialias=False)
+    assert torch.equal(loaded["transformer.pos_embed"], expected)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items() if k != "transformer.pos_embed")
+    # the loaded network computes what the 96x96 one computes at 352x352 (it resamples the same way on the fly)
+    x = torch.randn(1, 3, 352, 352)
+    with torch.no_grad():
+        out = big(x)
+        torch.testing.assert_close(out, small(x), atol=1e-5, rtol=0)
+    assert out.shape == (1, 1, 352, 352) and torch.isfinite(out).all()
+
+
+def test_position_embedding_grid_inference_and_its_errors():
+    from transfuse_monai.networks.blocks.backbones import resample_pos_embed
+    from transfuse_monai.networks.nets.checkpoint import load_transfuse_checkpoint, resample_pos_embed_in_state_dict
+
+    wide = _tiny((192, 256), seed=0)  # 12x16 grid, aspect 3:4
+    state = wide.state_dict()
+    key = "transformer.pos_embed"
+    pos = torch.randn(1, 48, 192)  # not square: the model's aspect ratio, 6x8
+    out = resample_pos_embed_in_state_dict({"model": {**state, key: pos}}, wide)
+    assert torch.equal(out[key], resample_pos_embed(pos, [12, 16], [6, 8])) and out[key].shape == (1, 192, 192)
+    assert all(out[k] is v for k, v in state.items() if k != key)  # other entries untouched
+    with pytest.raises(ValueError, match=r"transformer.pos_embed \(1, 6, 192\).*img_size=\(192, 256\).*source_grid"):
+        load_transfuse_checkpoint(wide, {**state, key: torch.zeros(1, 6, 192)})
+    with pytest.raises(ValueError, match=r"source_grid \(7, 7\) does not hold the 48 tokens"):
+        load_transfuse_checkpoint(wide, {**state, key: pos}, source_grid=(7, 7))
+    load_transfuse_checkpoint(wide, {**state, key: pos}, source_grid=(8, 6))  # a portrait checkpoint, given
+    assert torch.equal(wide.transformer.pos_embed, resample_pos_embed(pos, [12, 16], [8, 6]))
+    # strict checking of every other key stays
+    with pytest.raises(ValueError, match="1 unexpected: extra.weight"):
+        load_transfuse_checkpoint(wide, {**state, "extra.weight": torch.zeros(1)})
+    # 576 tokens for a 9x16 model: 24x24 or 18x32, ambiguous
+    tall = _tiny((144, 256), seed=1)
+    with pytest.raises(ValueError, match="could be 24x24 or 18x32"):
+        resample_pos_embed_in_state_dict({**state, key: torch.zeros(1, 576, 192)}, tall)

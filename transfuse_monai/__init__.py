@@ -4,8 +4,11 @@ Importing the package makes its submodules available as attributes, so bundle co
 ``"$import transfuse_monai"`` to reference ``transfuse_monai.<module>.<name>``.
 """
 
-from transfuse_monai import bundle, data, engines, handlers, inferers, losses, metrics, networks, transforms
+from transfuse_monai import bundle, data, engines, handlers, inferers, losses, metrics, networks, tasks, transforms, utils
 
 __version__ = "0.1.0"
 
-__all__ = ["bundle", "data", "engines", "handlers", "inferers", "losses", "metrics", "networks", "transforms", "__version__"]
+__all__ = [
+    "bundle", "data", "engines", "handlers", "inferers", "losses", "metrics", "networks", "tasks", "transforms", "utils",
+    "__version__",
+]

@@ -7,27 +7,42 @@ Usage::
     python -m transfuse_monai.export bundles/polyp                      # models/model.pt -> model.ts, model.onnx
     python -m transfuse_monai.export bundles/polyp --formats onnx --ckpt path/model.pt --output_dir out/
 
-TorchScript goes through MONAI's ``ckpt_export`` (the network is scripted, with ``metadata.json`` and
-``inference.json`` embedded, as MONAI Deploy expects); ONNX through ``torch.onnx.export`` with a dynamic batch axis.
-Each exported file is run on random input at the bundle's input size (batch 2) and compared with eager PyTorch
-(ONNX with ONNX Runtime). Files are written under a temporary name and renamed once verified, so a failed export
-leaves nothing behind.
+The checkpoint is loaded with :func:`~transfuse_monai.networks.nets.load_transfuse_checkpoint` (strict,
+``weights_only=True``, ``{"model": ...}`` wrappers accepted). TorchScript goes through MONAI's ``ckpt_export`` (the
+network is scripted, with ``metadata.json`` and ``inference.json`` embedded, as MONAI Deploy expects); ONNX through
+MONAI's ``convert_to_onnx`` with a dynamic batch axis and its ONNX Runtime verification. Each exported file is then
+run on random input at the bundle's input size (batch 2) and compared with eager PyTorch (ONNX with ONNX Runtime).
+Files are written under a temporary name (:func:`transfuse_monai.utils.atomic_path`) and renamed once verified, so a
+failed export or verification leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import os
+import random
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["FORMATS", "load_bundle_network", "export_torchscript", "export_onnx", "export_bundle", "main"]
+from transfuse_monai.utils import atomic_path
+
+__all__ = [
+    "FORMATS",
+    "load_bundle_network",
+    "export_onnx_model",
+    "export_torchscript",
+    "export_onnx",
+    "export_bundle",
+    "main",
+]
 
 FORMATS = ("torchscript", "onnx")
 
@@ -44,9 +59,27 @@ def _bundle_paths(bundle_dir: str | os.PathLike) -> tuple[Path, Path, Path]:
 def load_bundle_network(
     bundle_dir: str | os.PathLike, ckpt: str | os.PathLike | None = None, **overrides
 ) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    """Instantiate a bundle's ``network_def`` from ``inference.json``, load ``ckpt`` (default ``models/model.pt``),
-    and return it in eval mode on the CPU with the input shape ``(C, *spatial)`` from ``metadata.json``."""
+    """Build a bundle's ``network_def`` from ``inference.json`` and load its trained weights.
+
+    Args:
+        bundle_dir: the bundle folder (holding ``configs/inference.json`` and ``configs/metadata.json``).
+        ckpt: the weights, default ``<bundle>/models/model.pt``; read by
+            :func:`~transfuse_monai.networks.nets.load_transfuse_checkpoint` (strict, ``weights_only=True``,
+            ``{"model": ...}``/``{"state_dict": ...}`` wrappers and the authors' format accepted).
+        overrides: config ids to override before the network is built, e.g. ``image_size=[256, 256]``.
+
+    Returns:
+        The network in eval mode on the CPU, and the input shape ``(C, *spatial)``: channels from ``metadata.json``,
+        spatial size from the ``image_size`` override or ``metadata.json``.
+
+    Raises:
+        FileNotFoundError: the bundle's configs or the checkpoint do not exist.
+        TypeError: ``network_def`` is not a TransFuse network.
+        ValueError: the checkpoint does not fit the network (the message lists the keys and shapes).
+    """
     from monai.bundle import ConfigParser
+
+    from transfuse_monai.networks.nets import load_transfuse_checkpoint
 
     root, meta, infer = _bundle_paths(bundle_dir)
     ckpt = Path(ckpt) if ckpt is not None else root / "models" / "model.pt"
@@ -57,51 +90,149 @@ def load_bundle_network(
     parser.read_meta(str(meta))
     parser["bundle_root"] = str(root)
     parser.update(overrides)
-    net = parser.get_parsed_content("network_def")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    net.load_state_dict(state)
+    net = load_transfuse_checkpoint(parser.get_parsed_content("network_def"), ckpt, map_location="cpu")
     image = next(iter(json.loads(meta.read_text())["network_data_format"]["inputs"].values()))
     spatial = tuple(int(s) for s in overrides.get("image_size", image["spatial_shape"]))
-    return net.eval(), (int(image["num_channels"]), *spatial)
+    return net.cpu().eval(), (int(image["num_channels"]), *spatial)
 
 
 def _export_verified(
-    final: str | os.PathLike, write: Callable[[str], None], run: Callable[[str, torch.Tensor], np.ndarray],
-    net: torch.nn.Module, shape: Sequence[int], atol: float, what: str,
+    final: str | os.PathLike,
+    write: Callable[[str], None],
+    run: Callable[[str, torch.Tensor], np.ndarray],
+    net: torch.nn.Module,
+    shape: Sequence[int],
+    atol: float,
+    what: str,
 ) -> float:
     """Write with ``write(tmp_path)``, compare ``run(tmp_path, x)`` with eager ``net(x)`` on a batch of 2, and move
-    the file into place only when they agree within ``atol``; return the max abs error."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
-    try:
+    the file into place only when they agree within ``atol`` (through :func:`~transfuse_monai.utils.atomic_path`,
+    which deletes the temporary file on any failure); return the max abs error."""
+    with atomic_path(final) as tmp:
         write(str(tmp))
         x = torch.randn(2, *shape)
         with torch.no_grad():
             err = float(np.abs(np.asarray(run(str(tmp), x)) - net(x).numpy()).max())
-        if err > atol:
-            raise RuntimeError(f"{what} output differs from eager PyTorch by {err:.3g} (> {atol}).")
-        os.replace(tmp, final)
-        return err
+        if not err <= atol:  # also catches NaN
+            raise RuntimeError(f"{what} output differs from eager PyTorch by {err:.3g} (> atol={atol:g}).")
+    return err
+
+
+@contextlib.contextmanager
+def _preserved_rng() -> Iterator[None]:
+    """MONAI's ``convert_to_onnx`` verification calls ``set_determinism(0)`` and then ``set_determinism(None)``, which
+    re-seeds torch's, numpy's and Python's global generators at random: restore the caller's states afterwards."""
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
     finally:
-        tmp.unlink(missing_ok=True)
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+def _run_onnx(path: str, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x.numpy()})[0]
+
+
+def export_onnx_model(
+    net: torch.nn.Module, filepath: str | os.PathLike, input_shape: Sequence[int], atol: float = 1e-4, opset: int = 18
+) -> float:
+    """Export ``net`` to ONNX with a dynamic batch axis through MONAI's ``convert_to_onnx``, and verify it.
+
+    The graph's input is named ``image`` and its output ``pred``. ``convert_to_onnx`` exports an example batch of 2
+    with PyTorch's default exporter (``torch.export`` since PyTorch 2.9, the TorchScript tracer before; both keep
+    the batch axis dynamic) and compares ONNX Runtime (CPU) with eager PyTorch on it (``rtol=0``, ``atol``); then the
+    written file is run once more on a fresh batch of 2 to measure the error returned. The file is written under a
+    temporary name and renamed into place only when both checks pass.
+
+    Args:
+        net: the network (set to eval mode, moved to the CPU).
+        filepath: the ``.onnx`` file to write (its folder is created).
+        input_shape: ``(C, *spatial)`` of one input.
+        atol: largest allowed absolute difference from eager PyTorch.
+        opset: ONNX opset version.
+
+    Returns:
+        The max abs difference between ONNX Runtime and eager PyTorch on the fresh batch.
+
+    Raises:
+        ValueError: ``atol`` is negative or ``input_shape`` is empty.
+        RuntimeError: ONNX Runtime and eager PyTorch differ by more than ``atol`` (nothing is written).
+    """
+    from monai.networks.utils import convert_to_onnx
+
+    if atol < 0:
+        raise ValueError(f"atol must be >= 0, got {atol}.")
+    if len(input_shape) < 2:
+        raise ValueError(f"input_shape must be (C, *spatial), got {tuple(input_shape)}.")
+    net = net.cpu().eval()
+    # ``dynamo`` is deliberately not passed: with dynamo=True given, convert_to_onnx hands verification to
+    # torch.onnx.export(verify=True), which only logs mismatches instead of raising. PyTorch's default exporter is used
+    dynamo = inspect.signature(torch.onnx.export).parameters.get("dynamo")
+    if dynamo is not None and dynamo.default is True:
+        # torch.export-based by default (PyTorch >= 2.9): the batch axis in its own format (dynamic_axes still works
+        # but goes through a deprecated conversion), and the weights inside the file, not in a '.data' file beside
+        # it, so that the rename moves all of it
+        axes = None
+        extra = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=1024)},), "external_data": False}
+    else:  # the TorchScript tracer (one file up to 2 GB)
+        axes, extra = {"image": {0: "batch"}, "pred": {0: "batch"}}, {}
+
+    def write(path: str) -> None:
+        example = torch.randn(2, *input_shape)  # batch 1 would be specialised by torch.export
+        try:
+            with _preserved_rng():
+                convert_to_onnx(
+                    net, [example], input_names=["image"], output_names=["pred"], opset_version=opset,
+                    dynamic_axes=axes, filename=path, verify=True,
+                    device=torch.device("cpu"), use_ort=True, rtol=0.0, atol=atol, use_trace=True, **extra,
+                )
+        except AssertionError as err:  # torch.testing.assert_close in MONAI's verification
+            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise RuntimeError(f"ONNX Runtime output differs from eager PyTorch (atol={atol:g}): {detail}") from err
+
+    return _export_verified(filepath, write, _run_onnx, net, input_shape, atol, "ONNX Runtime")
 
 
 def export_torchscript(
-    bundle_dir: str | os.PathLike, filepath: str | os.PathLike, ckpt: str | os.PathLike | None = None,
-    atol: float = 1e-4, **overrides,
+    bundle_dir: str | os.PathLike,
+    filepath: str | os.PathLike,
+    ckpt: str | os.PathLike | None = None,
+    atol: float = 1e-4,
+    **overrides,
 ) -> float:
-    """Script the network with MONAI's ``ckpt_export`` (configs embedded), verify it, and return the max abs error."""
+    """Script a bundle's network with MONAI's ``ckpt_export`` (configs embedded) and verify it against eager PyTorch.
+
+    Args:
+        bundle_dir: the bundle folder.
+        filepath: the ``.ts`` file to write.
+        ckpt: the weights (default ``<bundle>/models/model.pt``), see :func:`load_bundle_network`.
+        atol: largest allowed absolute difference from eager PyTorch.
+        overrides: config ids to override (e.g. ``image_size``); the embedded ``inference.json`` carries them too.
+
+    Returns:
+        The max abs difference between the TorchScript module and eager PyTorch on a random batch of 2.
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: see :func:`load_bundle_network`.
+        RuntimeError: the outputs differ by more than ``atol`` (nothing is written).
+    """
     from monai.bundle import ckpt_export
 
     root, meta, infer = _bundle_paths(bundle_dir)
     net, shape = load_bundle_network(root, ckpt, **overrides)
 
     def write(path: str) -> None:
-        config_file = infer
         with tempfile.TemporaryDirectory() as tmp_dir:
+            # ckpt_export loads its ckpt_file strictly as a plain state dict: give it the weights exactly as
+            # load_transfuse_checkpoint loaded them (wrappers removed, authors' format converted)
+            weights = Path(tmp_dir) / "model.pt"
+            torch.save(net.state_dict(), weights)
+            config_file = infer
             if overrides:
                 # ckpt_export embeds the config file as written: embed the overridden one, so consumers of the
                 # TorchScript file (MONAI Deploy) use the same settings (e.g. image_size) as the exported network
@@ -110,8 +241,8 @@ def export_torchscript(
                 config_file = Path(tmp_dir) / infer.name
                 config_file.write_text(json.dumps(config, indent=4))
             ckpt_export(
-                net_id="network_def", filepath=path, ckpt_file=str(ckpt or root / "models" / "model.pt"),
-                meta_file=str(meta), config_file=str(config_file), bundle_root=str(root),
+                net_id="network_def", filepath=path, ckpt_file=str(weights), meta_file=str(meta),
+                config_file=str(config_file), bundle_root=str(root),
             )
 
     def run(path: str, x: torch.Tensor) -> np.ndarray:
@@ -122,26 +253,32 @@ def export_torchscript(
 
 
 def export_onnx(
-    bundle_dir: str | os.PathLike, filepath: str | os.PathLike, ckpt: str | os.PathLike | None = None,
-    atol: float = 1e-4, opset: int = 18, **overrides,
+    bundle_dir: str | os.PathLike,
+    filepath: str | os.PathLike,
+    ckpt: str | os.PathLike | None = None,
+    atol: float = 1e-4,
+    opset: int = 18,
+    **overrides,
 ) -> float:
-    """Export the network to ONNX (dynamic batch), verify with ONNX Runtime, and return the max abs error."""
-    import onnxruntime as ort
+    """Export a bundle's network to ONNX (dynamic batch) with :func:`export_onnx_model` and verify it.
 
+    Args:
+        bundle_dir: the bundle folder.
+        filepath: the ``.onnx`` file to write.
+        ckpt: the weights (default ``<bundle>/models/model.pt``), see :func:`load_bundle_network`.
+        atol: largest allowed absolute difference from eager PyTorch.
+        opset: ONNX opset version.
+        overrides: config ids to override (e.g. ``image_size``).
+
+    Returns:
+        The max abs difference between ONNX Runtime and eager PyTorch on a random batch of 2.
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: see :func:`load_bundle_network`.
+        RuntimeError: the outputs differ by more than ``atol`` (nothing is written).
+    """
     net, shape = load_bundle_network(bundle_dir, ckpt, **overrides)
-
-    def write(path: str) -> None:
-        example = torch.randn(2, *shape)  # batch 1 would be specialised by torch.export
-        torch.onnx.export(
-            net, (example,), path, input_names=["image"], output_names=["pred"], opset_version=opset, dynamo=True,
-            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}}, external_data=False,
-        )
-
-    def run(path: str, x: torch.Tensor) -> np.ndarray:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return session.run(None, {"image": x.numpy()})[0]
-
-    return _export_verified(filepath, write, run, net, shape, atol, "ONNX Runtime")
+    return export_onnx_model(net, filepath, shape, atol=atol, opset=opset)
 
 
 def export_bundle(
@@ -154,8 +291,19 @@ def export_bundle(
 ) -> dict[str, dict]:
     """Export a bundle's network in each of ``formats`` to ``output_dir`` (default ``<bundle>/models``).
 
+    Args:
+        bundle_dir: the bundle folder.
+        formats: a subset of :data:`FORMATS`.
+        ckpt: the weights (default ``<bundle>/models/model.pt``).
+        output_dir: where ``model.ts`` and ``model.onnx`` are written.
+        atol: largest allowed absolute difference from eager PyTorch.
+        overrides: config ids to override (e.g. ``image_size``).
+
     Returns:
         ``{format: {"file": path, "max_abs_error": err}}``.
+
+    Raises:
+        ValueError: an unknown format (before anything is exported); see also :func:`export_torchscript`.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -165,7 +313,8 @@ def export_bundle(
     results: dict[str, dict] = {}
     if "torchscript" in formats:
         path = out / "model.ts"
-        results["torchscript"] = {"file": str(path), "max_abs_error": export_torchscript(root, path, ckpt, atol, **overrides)}
+        err = export_torchscript(root, path, ckpt, atol, **overrides)
+        results["torchscript"] = {"file": str(path), "max_abs_error": err}
     if "onnx" in formats:
         path = out / "model.onnx"
         results["onnx"] = {"file": str(path), "max_abs_error": export_onnx(root, path, ckpt, atol, **overrides)}
@@ -184,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"image_size": args.image_size} if args.image_size else {}
     try:
         results = export_bundle(args.bundle, args.formats, args.ckpt, args.output_dir, args.atol, **overrides)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+    except (FileNotFoundError, RuntimeError, TypeError, ValueError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     for fmt, info in results.items():

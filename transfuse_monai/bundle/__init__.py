@@ -1,15 +1,8 @@
-"""Helpers that the MONAI bundles under ``bundles/`` call from their configs."""
+"""Helpers that the MONAI bundles under ``bundles/`` call from their configs: run options parsed once
+(:class:`FastPaths`, :func:`as_bool`) and the bundle's own location. Dataset-specific code is in
+:mod:`transfuse_monai.tasks`."""
 
-from transfuse_monai.bundle.utils import (
-    DEMO_MARKER,
-    as_bool,
-    find_bundle_root,
-    grouped_datalist,
-    image_datalist,
-    is_demo_datalist,
-    is_demo_dataset,
-    place_network,
-    resolve_dataset,
-)
+from transfuse_monai.bundle.options import FastPaths, as_bool, default_num_workers, place_network
+from transfuse_monai.bundle.paths import find_bundle_root
 
-__all__ = ["DEMO_MARKER", "as_bool", "find_bundle_root", "grouped_datalist", "image_datalist", "is_demo_datalist", "is_demo_dataset", "place_network", "resolve_dataset"]
+__all__ = ["FastPaths", "as_bool", "default_num_workers", "find_bundle_root", "place_network"]

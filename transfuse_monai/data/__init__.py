@@ -1,30 +1,28 @@
-"""Data utilities: datalist builders/validation and synthetic datasets."""
+"""Generic data utilities: datalists of image/mask pairs (pairing, validation, splits, inference lists), drawing
+primitives of generated samples, atomic image writers. Dataset layouts live in :mod:`transfuse_monai.tasks`."""
 
 from .datalists import (
     IMAGE_EXTENSIONS,
-    ISIC2017_SPLITS,
-    PRANET_TEST_SETS,
     build_image_mask_datalist,
-    build_isic2017_datalist,
-    build_pranet_datalist,
-    build_pranet_test_datalists,
+    grouped_datalist,
+    image_datalist,
+    scan_images,
     split_datalist,
     validate_datalist,
 )
-from .synthetic import make_synthetic_isic2017_dataset, make_synthetic_pranet_dataset
+from .synthetic import draw_blob_sample, resolve_sizes, save_image_pair
 from .writers import AtomicPILWriter
 
 __all__ = [
     "AtomicPILWriter",
     "IMAGE_EXTENSIONS",
-    "ISIC2017_SPLITS",
-    "PRANET_TEST_SETS",
     "build_image_mask_datalist",
-    "build_isic2017_datalist",
-    "build_pranet_datalist",
-    "build_pranet_test_datalists",
+    "grouped_datalist",
+    "image_datalist",
+    "scan_images",
     "split_datalist",
     "validate_datalist",
-    "make_synthetic_isic2017_dataset",
-    "make_synthetic_pranet_dataset",
+    "draw_blob_sample",
+    "resolve_sizes",
+    "save_image_pair",
 ]

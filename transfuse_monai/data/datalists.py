@@ -1,31 +1,18 @@
-"""Datalist builders for the 2D segmentation datasets used by the TransFuse bundles.
+"""Generic datalists of 2D image/mask pairs: pairing, validation, splits, inference lists.
 
-A *datalist* is a plain ``list`` of ``dict`` items of the form
-``{"image": <path>, "label": <path>, "name": <image file stem>}`` that can be fed
-directly to :class:`monai.data.Dataset` / :class:`monai.data.CacheDataset`.
-All paths are returned as absolute ``str`` so that datalists are JSON-friendly
-and the builders can be called from MONAI bundle configs, e.g.::
+A *datalist* is a plain ``list`` of ``dict`` items ``{"image": <path>, "label": <path>, "name": <image file stem>}``
+that :class:`monai.data.Dataset` / :class:`monai.data.CacheDataset` take directly. Paths are absolute ``str``, so
+datalists are JSON-friendly. Builders validate by default (see :func:`validate_datalist`) and report *all* problems
+found in a single :class:`ValueError` that names every file.
 
-    "train_datalist": "$transfuse_monai.data.build_pranet_datalist(@dataset_dir)"
-
-Supported layouts:
-
-* PraNet polyp data: ``<root>/TrainDataset/{images,masks}`` and
-  ``<root>/TestDataset/<SetName>/{images,masks}``.
-* ISIC 2017, official layout (``ISIC-2017_Training_Data`` +
-  ``ISIC-2017_Training_Part1_GroundTruth`` and the Validation / Test_v2
-  analogues) or a plain ``<root>/<split>/{images,masks}`` layout.
-* Any ``images`` / ``masks`` folder pair via :func:`build_image_mask_datalist`.
-
-Builders validate the datalist by default (see :func:`validate_datalist`) and
-report *all* problems found in a single :class:`ValueError`.
+Dataset layouts (PraNet, ISIC 2017, ...) are not here: each task module of :mod:`transfuse_monai.tasks` knows its
+own layout and calls these helpers.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import random
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -33,33 +20,18 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "PRANET_TEST_SETS",
-    "ISIC2017_SPLITS",
+    "scan_images",
     "build_image_mask_datalist",
-    "build_pranet_datalist",
-    "build_pranet_test_datalists",
-    "build_isic2017_datalist",
     "validate_datalist",
     "split_datalist",
+    "grouped_datalist",
+    "image_datalist",
 ]
 
 PathLike = str | os.PathLike
 
 #: File extensions (lower case) recognised as images or masks.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-#: The five PraNet polyp test sets, in the order used by the paper.
-PRANET_TEST_SETS: tuple[str, ...] = ("Kvasir", "CVC-ClinicDB", "CVC-ColonDB", "CVC-300", "ETIS-LaribPolypDB")
-
-#: Official ISIC 2017 folder names per split: ``split -> (images_dir, masks_dir)``.
-ISIC2017_SPLITS: dict[str, tuple[str, str]] = {
-    "train": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
-    "val": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
-    "test": ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth"),
-}
-
-_ISIC_MASK_SUFFIX = "_segmentation"
-_ISIC_EXCLUDE_SUFFIXES = ("_superpixels",)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -76,7 +48,7 @@ def _require_dir(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} folder not found: '{path}'.")
 
 
-def _scan_images(
+def scan_images(
     folder: Path, exclude_suffixes: Sequence[str] = ()
 ) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """List image files of ``folder`` keyed by file stem.
@@ -230,8 +202,8 @@ def build_image_mask_datalist(
     _require_dir(images_path, "Images")
     _require_dir(masks_path, "Masks")
 
-    images, dup_images = _scan_images(images_path, exclude_suffixes)
-    masks, dup_masks = _scan_images(masks_path)
+    images, dup_images = scan_images(images_path, exclude_suffixes)
+    masks, dup_masks = scan_images(masks_path)
     if not images and not dup_images:
         raise ValueError(
             f"No images found in '{images_path}' (expected files with extensions {', '.join(IMAGE_EXTENSIONS)})."
@@ -271,163 +243,14 @@ def build_image_mask_datalist(
     return datalist
 
 
-def build_pranet_datalist(
-    dataset_dir: PathLike,
-    subset: str = "TrainDataset",
-    validate: bool = True,
-    check_sizes: bool = True,
-) -> list[dict]:
-    """Build the datalist of one subset of the PraNet polyp dataset.
-
-    Expected layout::
-
-        dataset_dir/TrainDataset/{images,masks}/
-        dataset_dir/TestDataset/<SetName>/{images,masks}/
-
-    Args:
-        dataset_dir: root of the PraNet data (the folder holding ``TrainDataset``).
-        subset: sub-folder holding ``images`` and ``masks``, e.g. ``"TrainDataset"``
-            or ``"TestDataset/Kvasir"``.
-        validate: open every file header and check readability and sizes.
-        check_sizes: when validating, require matching image / mask sizes.
-
-    Returns:
-        List of ``{"image": str, "label": str, "name": str}`` sorted by ``name``.
-
-    Raises:
-        FileNotFoundError: if the subset's ``images`` or ``masks`` folder is missing.
-        ValueError: if the subset is empty or any problem is detected.
-    """
-    root = _as_path(dataset_dir) / subset
-    return build_image_mask_datalist(root / "images", root / "masks", validate=validate, check_sizes=check_sizes)
-
-
-def build_pranet_test_datalists(
-    dataset_dir: PathLike,
-    sets: Sequence[str] | str | None = PRANET_TEST_SETS,
-    validate: bool = True,
-    check_sizes: bool = True,
-) -> dict[str, list[dict]]:
-    """Build one datalist per PraNet test set found under ``dataset_dir/TestDataset``.
-
-    Sets whose folder does not exist are skipped with one :class:`UserWarning`
-    each (naming the set and the path looked at). Sets that exist but are
-    broken (empty, missing masks, corrupt files...) raise as in
-    :func:`build_pranet_datalist`.
-
-    Args:
-        dataset_dir: root of the PraNet data (the folder holding ``TestDataset``).
-        sets: test-set names (a single name is accepted too); ``None`` uses every
-            sub-folder of ``TestDataset`` in sorted order.
-        validate: open every file header and check readability and sizes.
-        check_sizes: when validating, require matching image / mask sizes.
-
-    Returns:
-        Dict ``set_name -> datalist`` in the order of ``sets``.
-
-    Raises:
-        FileNotFoundError: if none of the requested sets exists.
-    """
-    test_root = _as_path(dataset_dir) / "TestDataset"
-    if sets is None:
-        _require_dir(test_root, "PraNet TestDataset")
-        sets = sorted(p.name for p in test_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    elif isinstance(sets, str):
-        sets = [sets]
-
-    datalists: dict[str, list[dict]] = {}
-    for name in sets:
-        set_dir = test_root / name
-        if not set_dir.is_dir():
-            warnings.warn(f"PraNet test set '{name}' not found at '{set_dir}'; skipping it.", UserWarning, stacklevel=2)
-            continue
-        datalists[name] = build_pranet_datalist(
-            dataset_dir, f"TestDataset/{name}", validate=validate, check_sizes=check_sizes
-        )
-    if not datalists:
-        raise FileNotFoundError(f"None of the PraNet test sets {list(sets)} was found in '{test_root}'.")
-    return datalists
-
-
-def build_isic2017_datalist(
-    dataset_dir: PathLike,
-    split: str = "train",
-    validate: bool = True,
-    check_sizes: bool = True,
-) -> list[dict]:
-    """Build the datalist of one ISIC 2017 (Part 1, lesion segmentation) split.
-
-    Two layouts are accepted, the official one taking precedence:
-
-    * official: ``ISIC-2017_Training_Data/ISIC_xxxxxxx.jpg`` with
-      ``ISIC-2017_Training_Part1_GroundTruth/ISIC_xxxxxxx_segmentation.png``
-      (``Validation`` and ``Test_v2`` analogues, see :data:`ISIC2017_SPLITS`);
-      ``*_superpixels.png`` files and the metadata CSV are ignored.
-    * plain: ``dataset_dir/<split>/{images,masks}``, masks named either like the
-      image (``ISIC_xxxxxxx.png``) or with the official ``_segmentation``
-      suffix (detected automatically when every mask carries it).
-
-    Args:
-        dataset_dir: root holding the official folders or the split folders.
-        split: one of ``"train"``, ``"val"``, ``"test"``.
-        validate: open every file header and check readability and sizes.
-        check_sizes: when validating, require matching image / mask sizes.
-
-    Returns:
-        List of ``{"image": str, "label": str, "name": str}`` sorted by ``name``.
-
-    Raises:
-        ValueError: on an unknown ``split``, an empty split or any problem detected.
-        FileNotFoundError: if neither layout is found for ``split``.
-    """
-    if split not in ISIC2017_SPLITS:
-        raise ValueError(f"Unknown ISIC 2017 split '{split}', expected one of {sorted(ISIC2017_SPLITS)}.")
-    root = _as_path(dataset_dir)
-    data_name, gt_name = ISIC2017_SPLITS[split]
-    official_images = root / data_name
-    if official_images.is_dir():
-        return build_image_mask_datalist(
-            official_images,
-            root / gt_name,
-            mask_suffix=_ISIC_MASK_SUFFIX,
-            exclude_suffixes=_ISIC_EXCLUDE_SUFFIXES,
-            validate=validate,
-            check_sizes=check_sizes,
-        )
-
-    plain = root / split
-    if not plain.is_dir():
-        raise FileNotFoundError(
-            f"ISIC 2017 split '{split}' not found in '{root}': expected either the official folders "
-            f"'{data_name}' + '{gt_name}' or a plain '{split}/images' + '{split}/masks' layout."
-        )
-    masks_dir = plain / "masks"
-    mask_suffix = ""
-    if masks_dir.is_dir():
-        mask_masks, mask_dups = _scan_images(masks_dir)
-        stems = list(mask_masks) + list(mask_dups)
-        if stems and all(s.endswith(_ISIC_MASK_SUFFIX) for s in stems):
-            mask_suffix = _ISIC_MASK_SUFFIX
-    return build_image_mask_datalist(
-        plain / "images",
-        masks_dir,
-        mask_suffix=mask_suffix,
-        exclude_suffixes=_ISIC_EXCLUDE_SUFFIXES,
-        validate=validate,
-        check_sizes=check_sizes,
-    )
-
-
 def split_datalist(
     datalist: Iterable[Mapping], val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[list[dict], list[dict]]:
-    """Deterministically split a datalist into training and validation parts.
+    """Deterministically split a datalist into training and validation parts with MONAI's
+    :func:`~monai.data.partition_dataset` (seeded shuffle, the global RNG untouched).
 
-    The split depends only on ``len(datalist)``, ``val_fraction`` and ``seed``
-    (a private :class:`random.Random` is used, the global RNG is untouched).
-    Both parts keep the original item order. When ``val_fraction > 0`` and the
-    datalist has more than one item, validation gets at least one item and
-    training keeps at least one.
+    The split depends only on the items' order, ``val_fraction`` and ``seed``. When ``val_fraction > 0`` and the
+    datalist has more than one item, validation gets at least one item and training keeps at least one.
 
     Args:
         datalist: items to split.
@@ -440,6 +263,8 @@ def split_datalist(
     Raises:
         ValueError: if ``val_fraction`` is outside ``[0, 1)``.
     """
+    from monai.data import partition_dataset
+
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     items = [dict(d) for d in datalist]
@@ -449,9 +274,66 @@ def split_datalist(
         n_val = min(max(n_val, 1), n - 1)
     else:
         n_val = min(n_val, max(n - 1, 0))
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    val_idx = set(order[:n_val])
-    train = [item for i, item in enumerate(items) if i not in val_idx]
-    val = [item for i, item in enumerate(items) if i in val_idx]
+    if n == 0:
+        return [], []
+    # ratios given as counts: partition_dataset's rounding then reproduces them exactly
+    train, val = partition_dataset(items, ratios=[n - n_val, n_val], shuffle=True, seed=int(seed))
     return train, val
+
+
+def grouped_datalist(groups: Mapping[str, Sequence[Mapping]], key: str = "set") -> list[dict]:
+    """Concatenate named datalists into one, tagging each item with its group name under ``key`` (the test-set
+    column of evaluation reports)."""
+    return [{**item, key: name} for name, items in groups.items() for item in items]
+
+
+def image_datalist(
+    source: PathLike | Sequence,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    exclude_suffixes: Sequence[str] = (),
+) -> list[dict]:
+    """Datalist ``[{"image": path}, ...]`` for inference from a folder of images, a JSON datalist file (a list, or a
+    dict with a ``"testing"``/``"test"``/``"data"`` list, of paths or ``{"image": path}`` items; relative paths are
+    relative to the file), or a list.
+
+    Args:
+        source: folder, JSON file or sequence of paths / items.
+        extensions: file extensions (lower case) taken from a folder.
+        exclude_suffixes: skips the files of a folder whose stem ends with one of them (e.g. ``("_superpixels",)``
+            for the ISIC 2017 data folders, which also hold superpixel maps).
+
+    Raises:
+        FileNotFoundError: ``source`` or one of the listed images does not exist.
+        ValueError: no image was found, or the JSON file has none of the expected keys.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            items: list = [
+                str(p) for p in sorted(path.iterdir())
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in tuple(extensions)
+                and not any(p.stem.endswith(sfx) for sfx in exclude_suffixes)
+            ]
+        elif path.is_file():
+            content = json.loads(path.read_text())
+            if isinstance(content, dict):
+                content = next((content[k] for k in ("testing", "test", "data") if k in content), None)
+                if content is None:
+                    raise ValueError(f"Datalist file {path} has none of the keys 'testing', 'test', 'data'.")
+            items = []
+            for c in content:
+                item = dict(c) if isinstance(c, Mapping) else {"image": str(c)}
+                if not os.path.isabs(item["image"]):
+                    item["image"] = str(path.parent / item["image"])
+                items.append(item)
+        else:
+            raise FileNotFoundError(f"Inference input not found: {path}")
+    else:
+        items = list(source)
+    datalist = [dict(item) if isinstance(item, Mapping) else {"image": str(item)} for item in items]
+    if not datalist:
+        raise ValueError(f"No images ({', '.join(extensions)}) found in {source}.")
+    missing = [d["image"] for d in datalist if not Path(d["image"]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} input image(s) do not exist: {', '.join(missing[:5])}")
+    return datalist

@@ -2,6 +2,21 @@
 
 from transfuse_monai.handlers.checkpoint import ResumableCheckpoint
 from transfuse_monai.handlers.gradient_clipping import GradientClipping
-from transfuse_monai.handlers.metrics_report import SegmentationMetricsReport, format_table
+from transfuse_monai.handlers.metrics_report import (
+    SegmentationMetricsReport,
+    format_class_table,
+    format_table,
+    split_class_metrics,
+)
+from transfuse_monai.handlers.overlay import OVERLAY_COLORS, OverlayWriter
 
-__all__ = ["GradientClipping", "ResumableCheckpoint", "SegmentationMetricsReport", "format_table"]
+__all__ = [
+    "GradientClipping",
+    "OVERLAY_COLORS",
+    "OverlayWriter",
+    "ResumableCheckpoint",
+    "SegmentationMetricsReport",
+    "format_class_table",
+    "format_table",
+    "split_class_metrics",
+]

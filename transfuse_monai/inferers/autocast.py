@@ -26,9 +26,12 @@ class AutocastInferer(Inferer):
     speeds up training, validation and inference. On CUDA, training in float16 needs gradient scaling: keep using the
     engine's own ``amp`` there (which brings a ``GradScaler``) and leave this wrapper disabled, as the bundles do.
 
-    ``channels_last`` makes 4D inputs channels-last (NHWC) in memory before the call; with the network's convolution
-    weights also channels-last (``network.to(memory_format=torch.channels_last)``), oneDNN and cuDNN pick their
-    NHWC kernels. Values are unchanged up to float rounding.
+    ``channels_last`` makes the 4D tensors the network receives channels-last (NHWC) in memory: the inputs
+    themselves with ``SimpleInferer``, the batched windows of a ``SlidingWindowInferer``, the slices a
+    ``SliceInferer`` cuts from 5D volumes (the network is called through a small wrapper that converts its first
+    argument). With the network's convolution weights also channels-last
+    (``network.to(memory_format=torch.channels_last)``), oneDNN and cuDNN pick their NHWC kernels. Values are
+    unchanged up to float rounding. Tensors of other ranks are passed as they are.
 
     Outputs are cast back to ``output_dtype`` (float32 by default) so that losses, post-processing and writers
     downstream see the same dtype whichever path ran.
@@ -37,7 +40,7 @@ class AutocastInferer(Inferer):
         inferer: the inferer to wrap (``SimpleInferer()`` by default); e.g. a ``SlidingWindowInferer``.
         enabled: autocast on or off (off: a plain call, plus the channels-last conversion if asked).
         dtype: autocast dtype; None picks bfloat16 on CPU and float16 on CUDA.
-        channels_last: convert 4D inputs to ``torch.channels_last``.
+        channels_last: give the network its 4D inputs in ``torch.channels_last`` memory format.
         output_dtype: dtype of floating-point outputs; None keeps what the network returned.
 
     Example::
@@ -84,8 +87,8 @@ class AutocastInferer(Inferer):
             args: optional args to be passed to ``network`` through the wrapped inferer.
             kwargs: optional keyword args to be passed to the wrapped inferer.
         """
-        if self.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self.channels_last:
+            network = _ChannelsLastInputs(network)
         if not self.enabled:
             return self._cast(self.inferer(inputs, network, *args, **kwargs))
         device_type = inputs.device.type if isinstance(inputs, torch.Tensor) else "cpu"
@@ -103,6 +106,18 @@ class AutocastInferer(Inferer):
         if isinstance(outputs, dict):
             return {k: self._cast(v) for k, v in outputs.items()}
         return outputs
+
+
+class _ChannelsLastInputs:
+    """Calls ``network`` with its first argument made channels-last when it is a 4D tensor."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.network(x, *args, **kwargs)
 
 
 def _as_dtype(value: torch.dtype | str | None, name: str) -> torch.dtype | None:

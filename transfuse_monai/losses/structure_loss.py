@@ -18,7 +18,7 @@ from torch.nn.modules.loss import _Loss
 from monai.losses import DeepSupervisionLoss
 from monai.utils import LossReduction
 
-__all__ = ["StructureLoss", "DeepSupervisionStructureLoss", "TRANSFUSE_DS_WEIGHTS"]
+__all__ = ["StructureLoss", "DeepSupervisionStructureLoss", "TRANSFUSE_DS_WEIGHTS", "unstack_heads"]
 
 #: Weights of TransFuse's three heads: final fused map, transformer branch, deepest fusion.
 TRANSFUSE_DS_WEIGHTS = (0.5, 0.3, 0.2)
@@ -117,9 +117,20 @@ class DeepSupervisionStructureLoss(DeepSupervisionLoss):
 
     def forward(self, input, target: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if isinstance(input, torch.Tensor) and input.dim() == target.dim() + 1:
-            if input.shape[1] != len(self.weights):
-                raise ValueError(
-                    f"Got {input.shape[1]} stacked head outputs but {len(self.weights)} deep-supervision weights."
-                )
-            input = list(torch.unbind(input, dim=1))
+            input = unstack_heads(input, len(self.weights))
         return super().forward(input, target)
+
+
+def unstack_heads(input: torch.Tensor, num_weights: int) -> list[torch.Tensor]:
+    """Split deep-supervision outputs stacked on dim 1 (``(B, N, C, *spatial)``) into a list of ``N`` tensors.
+
+    Args:
+        input: the stacked head outputs.
+        num_weights: the number of deep-supervision weights, which must equal ``N``.
+
+    Raises:
+        ValueError: ``N`` differs from ``num_weights``.
+    """
+    if input.shape[1] != num_weights:
+        raise ValueError(f"Got {input.shape[1]} stacked head outputs but {num_weights} deep-supervision weights.")
+    return list(torch.unbind(input, dim=1))

@@ -1,5 +1,6 @@
-"""Evaluation metrics: polyp segmentation (:mod:`~transfuse_monai.metrics.polyp`) and per-image binary Jaccard /
-Dice / accuracy (:mod:`~transfuse_monai.metrics.binary`, ISIC 2017)."""
+"""Evaluation metrics: polyp segmentation (:mod:`~transfuse_monai.metrics.polyp`), per-image binary Jaccard /
+Dice / accuracy (:mod:`~transfuse_monai.metrics.binary`, ISIC 2017) and per-class Dice / IoU / surface distances in
+mm for binary and multi-class 2D/3D tasks (:mod:`~transfuse_monai.metrics.segmentation`)."""
 
 from .binary import BINARY_METRIC_KEYS, BinarySegmentationMetrics, binary_segmentation_metrics
 
@@ -15,6 +16,7 @@ from .polyp import (
     summarize,
     weighted_f_measure,
 )
+from .segmentation import DISTANCE_METRICS, OVERLAP_METRICS, SEGMENTATION_METRICS, SegmentationMetrics
 
 __all__ = [
     "BINARY_METRIC_KEYS",
@@ -30,4 +32,8 @@ __all__ = [
     "s_measure",
     "summarize",
     "weighted_f_measure",
+    "DISTANCE_METRICS",
+    "OVERLAP_METRICS",
+    "SEGMENTATION_METRICS",
+    "SegmentationMetrics",
 ]

@@ -1,5 +1,20 @@
 """Transforms of transfuse-monai (dictionary versions end in ``d``, as in MONAI)."""
 
-from transfuse_monai.transforms.intensity import BinaryMaskd, EnsureNumChannelsd, SelectHeadd
+from transfuse_monai.transforms.intensity import EnsureNumChannelsd, SelectHeadd
+from transfuse_monai.transforms.labels import ClassIndexd
+from transfuse_monai.transforms.slices import (
+    SLICE_PAD_MODES,
+    StackSliceNeighbours,
+    StackSliceNeighboursd,
+    stack_slice_neighbours,
+)
 
-__all__ = ["BinaryMaskd", "EnsureNumChannelsd", "SelectHeadd"]
+__all__ = [
+    "ClassIndexd",
+    "EnsureNumChannelsd",
+    "SelectHeadd",
+    "SLICE_PAD_MODES",
+    "StackSliceNeighbours",
+    "StackSliceNeighboursd",
+    "stack_slice_neighbours",
+]

@@ -1,6 +1,6 @@
 # Copyright (c) transfuse-monai contributors.
 # Licensed under the Apache License, Version 2.0.
-"""Small dictionary transforms for 2D image/mask pairs and deep-supervision outputs."""
+"""Small dictionary transforms for input channels and deep-supervision outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["EnsureNumChannelsd", "BinaryMaskd", "SelectHeadd"]
+__all__ = ["EnsureNumChannelsd", "SelectHeadd"]
 
 
 class EnsureNumChannelsd(MapTransform):
@@ -45,31 +45,6 @@ class EnsureNumChannelsd(MapTransform):
                 d[key] = img.repeat(self.num_channels, *([1] * (img.ndim - 1)))
             else:
                 raise ValueError(f"'{key}' has {c} channels; cannot make {self.num_channels} from them.")
-        return d
-
-
-class BinaryMaskd(MapTransform):
-    """Turn a loaded mask (0/255 or 0/1, one or more identical channels) into a float {0, 1} single-channel mask.
-
-    The first channel is kept; values are divided by 255 when the mask's maximum exceeds 1, then thresholded.
-
-    Args:
-        keys: keys of the channel-first masks.
-        threshold: threshold on the [0, 1] mask.
-        allow_missing_keys: don't raise for missing keys.
-    """
-
-    def __init__(self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.threshold = float(threshold)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            mask = d[key][:1].float()
-            if mask.numel() and float(mask.max()) > 1:
-                mask = mask / 255.0
-            d[key] = (mask > self.threshold).float()
         return d
 
 

@@ -5,12 +5,14 @@ from transfuse_monai.networks.blocks.backbones import (
     ViTEncoder,
     create_cnn_encoder,
     create_timm_model,
+    resample_pos_embed,
     select_feature_indices,
 )
 from transfuse_monai.networks.blocks.bifusion import BIFUSION_COMPONENTS, BiFusion, PreActBottleneck, SpatialAttention
 from transfuse_monai.networks.blocks.upsample import AttentionGatedUpBlock, ResidualUpBlock
 
 __all__ = [
+    "resample_pos_embed",
     "BIFUSION_COMPONENTS",
     "AttentionGatedUpBlock",
     "BiFusion",

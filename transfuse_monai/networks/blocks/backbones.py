@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
-__all__ = ["create_timm_model", "select_feature_indices", "create_cnn_encoder", "ViTEncoder", "DeviceAwareAttention"]
+__all__ = [
+    "create_timm_model",
+    "select_feature_indices",
+    "create_cnn_encoder",
+    "resample_pos_embed",
+    "ViTEncoder",
+    "DeviceAwareAttention",
+]
 
 
 def create_timm_model(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None, **kwargs):
@@ -90,6 +98,41 @@ def create_cnn_encoder(
     )
 
 
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: List[int], old_grid: List[int]) -> torch.Tensor:
+    """Resample a class-token-free absolute position embedding from one token grid to another.
+
+    This is timm's :func:`timm.layers.resample_abs_pos_embed` (bicubic, ``align_corners=False``, computed in
+    float32, cast back) with ``antialias=False``: every resampling of TransFuse, at run time in
+    :class:`ViTEncoder` and when a checkpoint is loaded at another input size, goes through it, so loading a
+    checkpoint into a network built for another ``img_size`` and running the original network at that size give the
+    same embedding, and the values are those of the bicubic interpolation this package has always used. timm's
+    default ``antialias=True`` would change them (its antialiased kernel is PIL's cubic, also when upsampling); timm
+    applies it once, when it loads ImageNet weights for another ``img_size`` (``pretrained``, ``weights``).
+    TorchScript-compatible.
+
+    Args:
+        pos_embed: ``(1, old_grid[0] * old_grid[1], embed_dim)``, tokens in row-major grid order.
+        new_grid: target token grid ``[h, w]``.
+        old_grid: token grid ``[h, w]`` of ``pos_embed``.
+
+    Returns:
+        ``(1, new_grid[0] * new_grid[1], embed_dim)``; ``pos_embed`` itself when the grids are equal.
+
+    Raises:
+        ValueError: ``pos_embed`` does not hold ``old_grid[0] * old_grid[1]`` tokens.
+    """
+    if pos_embed.dim() != 3 or pos_embed.shape[0] != 1 or pos_embed.shape[1] != old_grid[0] * old_grid[1]:
+        raise ValueError(
+            f"position embedding of shape {list(pos_embed.shape)} does not hold the {old_grid[0]}x{old_grid[1]} "
+            "token grid it is said to have; expected (1, h * w, embed_dim)."
+        )
+    if new_grid[0] == old_grid[0] and new_grid[1] == old_grid[1]:
+        return pos_embed
+    return resample_abs_pos_embed(
+        pos_embed, [new_grid[0], new_grid[1]], [old_grid[0], old_grid[1]], num_prefix_tokens=0, antialias=False
+    )
+
+
 class DeviceAwareAttention(nn.Module):
     """Multi-head self-attention of a timm ViT block that picks its kernel per call.
 
@@ -156,8 +199,9 @@ class ViTEncoder(nn.Module):
     """Transformer branch of TransFuse built from a timm ViT/DeiT: patch embedding, position embedding without a
     class token, the first ``depth`` encoder blocks and the final LayerNorm, reshaped to a feature map.
 
-    The position embedding is kept at the grid of ``img_size // patch_size`` and resampled (bicubic) on the fly when
-    an input of another size arrives, so one model serves several input sizes (multi-scale training).
+    The position embedding is kept at the grid of ``img_size // patch_size`` and resampled on the fly when an input of
+    another size arrives (:func:`resample_pos_embed`: timm's bicubic resampling), so one model serves several input
+    sizes (multi-scale training).
 
     Args:
         name: timm ViT/DeiT name, e.g. ``"deit_small_patch16_224"``.
@@ -220,9 +264,7 @@ class ViTEncoder(nn.Module):
         """The position embedding at a ``(grid_h, grid_w)`` token grid, shape ``(1, grid_h * grid_w, embed_dim)``."""
         if grid_h == self.grid_size[0] and grid_w == self.grid_size[1]:
             return self.pos_embed
-        pos = self.pos_embed.reshape(1, self.grid_size[0], self.grid_size[1], self.embed_dim).permute(0, 3, 1, 2)
-        pos = F.interpolate(pos.float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-        return pos.to(self.pos_embed.dtype).flatten(2).transpose(1, 2)
+        return resample_pos_embed(self.pos_embed, [grid_h, grid_w], [self.grid_size[0], self.grid_size[1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(B, C, H, W)`` to transformer features ``(B, embed_dim, H/16, W/16)``."""

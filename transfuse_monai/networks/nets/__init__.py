@@ -1,10 +1,15 @@
 """TransFuse networks."""
 
-from transfuse_monai.networks.nets.checkpoint import is_authors_state_dict, load_transfuse_checkpoint
+from transfuse_monai.networks.nets.checkpoint import (
+    is_authors_state_dict,
+    load_transfuse_checkpoint,
+    resample_pos_embed_in_state_dict,
+)
 from transfuse_monai.networks.nets.convert import convert_authors_state_dict
 from transfuse_monai.networks.nets.transfuse import TRANSFUSE_PRESETS, TransFuse
 
 __all__ = [
+    "resample_pos_embed_in_state_dict",
     "TRANSFUSE_PRESETS",
     "TransFuse",
     "convert_authors_state_dict",

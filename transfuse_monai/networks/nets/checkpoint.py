@@ -11,17 +11,22 @@ dict of :class:`~transfuse_monai.networks.nets.TransFuse` (what the bundles save
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from transfuse_monai.networks.blocks.backbones import resample_pos_embed
+
 from .convert import _strip_wrappers, convert_authors_state_dict
 from .transfuse import TransFuse
 
-__all__ = ["is_authors_state_dict", "load_transfuse_checkpoint"]
+__all__ = ["is_authors_state_dict", "load_transfuse_checkpoint", "resample_pos_embed_in_state_dict"]
+
+_POS_EMBED_KEY = "transformer.pos_embed"
 
 # module names that exist only in the authors' TransFuse_S (ours: cnn., fusion*, decoder*, head_*); ``transformer.``
 # is shared by both, so it does not tell the formats apart
@@ -32,6 +37,96 @@ def is_authors_state_dict(state_dict: Mapping) -> bool:
     """Whether ``state_dict`` (wrappers ``{"state_dict": ...}``/``{"model": ...}`` and ``module.`` prefixes accepted)
     has the authors' ``TransFuse_S`` key names rather than this package's."""
     return any(str(k).startswith(_AUTHORS_MARKERS) for k in _strip_wrappers(state_dict))
+
+
+def _source_grid(n: int, model_grid: Sequence[int]) -> list[tuple[int, int]]:
+    """Token grids a checkpoint's ``n``-token embedding may have: square, or the model grid's aspect ratio."""
+    candidates = []
+    root = math.isqrt(n)
+    if root * root == n:
+        candidates.append((root, root))
+    g = math.gcd(int(model_grid[0]), int(model_grid[1]))
+    a, b = int(model_grid[0]) // g, int(model_grid[1]) // g
+    if n % (a * b) == 0:
+        scale = math.isqrt(n // (a * b))
+        if scale * scale * a * b == n and (scale * a, scale * b) not in candidates:
+            candidates.append((scale * a, scale * b))
+    return candidates
+
+
+def _resample_state_pos_embed(
+    state: dict[str, torch.Tensor], model: TransFuse, source_grid: Sequence[int] | None, source: str
+) -> dict[str, torch.Tensor]:
+    pos = state.get(_POS_EMBED_KEY)
+    own = model.transformer.pos_embed
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != own.shape[2]:
+        return state  # absent or of another width: the strict key/shape check reports it
+    target = (int(model.transformer.grid_size[0]), int(model.transformer.grid_size[1]))
+    n = int(pos.shape[1])
+    if source_grid is not None:
+        grid = (int(source_grid[0]), int(source_grid[1]))
+        if grid[0] * grid[1] != n:
+            raise ValueError(
+                f"source_grid {grid} does not hold the {n} tokens of {_POS_EMBED_KEY} {tuple(pos.shape)} in {source}."
+            )
+    elif n == target[0] * target[1]:
+        return state  # the model's own grid
+    else:
+        candidates = _source_grid(n, target)
+        if len(candidates) != 1:
+            if candidates:
+                why = "could be " + " or ".join(f"{h}x{w}" for h, w in candidates)
+            else:
+                why = "is neither square nor of the model's aspect ratio"
+            raise ValueError(
+                f"{source}: the position embedding {_POS_EMBED_KEY} {tuple(pos.shape)} was trained at another input "
+                f"size and its token grid {why}; the model has img_size={model.img_size} (grid {target[0]}x"
+                f"{target[1]}). Pass source_grid=(h, w), the training img_size // 16, or build the network with the "
+                "checkpoint's img_size."
+            )
+        grid = candidates[0]
+    out = dict(state)
+    out[_POS_EMBED_KEY] = resample_pos_embed(pos, list(target), list(grid))
+    return out
+
+
+def resample_pos_embed_in_state_dict(
+    state_dict: Mapping, model: TransFuse, source_grid: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """A TransFuse state dict whose transformer position embedding is resampled to ``model``'s token grid.
+
+    A checkpoint trained at one input size (e.g. 96x96: a 6x6 grid, ``pos_embed`` ``(1, 36, 384)``) then loads
+    strictly into a network built for another (352x352: ``(1, 484, 384)``). The embedding is resampled as the network
+    itself does for inputs of another size (:func:`~transfuse_monai.networks.blocks.backbones.resample_pos_embed`,
+    timm's bicubic resampling), so the loaded network computes what the original one computes at the new size.
+    Every other entry is returned as it is (the same tensors).
+
+    Example::
+
+        net = TransFuse(img_size=(352, 352))
+        net.load_state_dict(resample_pos_embed_in_state_dict(torch.load("model_96.pt"), net))
+
+    Args:
+        state_dict: a state dict of :class:`TransFuse` (``{"model": ...}``/``{"state_dict": ...}`` wrappers and
+            ``module.`` prefixes accepted).
+        model: the network the state dict is meant for; its ``img_size`` gives the target grid.
+        source_grid: token grid ``(h, w)`` of the checkpoint (its training ``img_size // 16``). Inferred when
+            ``None``: a square token count is a square grid, otherwise the model's aspect ratio is assumed; a count
+            that fits both (e.g. 576 tokens: 24x24 or 18x32 for a 9x16 model) or neither must be given.
+
+    Returns:
+        a new plain dict (unwrapped, without ``module.`` prefixes); unchanged entries when the grids already match,
+        the embedding is absent, or its width differs from the model's (strict loading reports the latter).
+
+    Raises:
+        TypeError: ``model`` is not a :class:`TransFuse` or ``state_dict`` not a mapping.
+        ValueError: ``source_grid`` does not hold the embedding's tokens, or the grid cannot be inferred.
+    """
+    if not isinstance(model, TransFuse):
+        raise TypeError(f"model must be a transfuse_monai TransFuse network, got {type(model).__name__}.")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}.")
+    return _resample_state_pos_embed(_strip_wrappers(state_dict), model, source_grid, "the state dict")
 
 
 def _read(path: Path, map_location) -> Mapping:
@@ -58,6 +153,7 @@ def load_transfuse_checkpoint(
     checkpoint: str | os.PathLike | Mapping,
     authors_align_corners: bool = False,
     map_location: str | torch.device | None = "cpu",
+    source_grid: Sequence[int] | None = None,
 ) -> TransFuse:
     """Load weights into ``model`` from a checkpoint of this package or of the authors, strictly.
 
@@ -75,12 +171,17 @@ def load_transfuse_checkpoint(
     * Otherwise the file must hold a state dict of :class:`TransFuse`, possibly wrapped as ``{"model": ...}`` or
       ``{"state_dict": ...}`` (a bundle's ``checkpoint_last.pt`` included) and with ``DataParallel``'s ``module.``
       prefixes; ``model.align_corners`` is left as it is.
+    * In both formats a checkpoint trained at another input size loads: its position embedding is resampled to the
+      model's token grid (:func:`resample_pos_embed_in_state_dict`), every other key is checked strictly.
 
     Args:
         model: the network to load into (``TransFuse``; the authors' format needs ``variant="S"``).
         checkpoint: path of a ``.pt``/``.pth`` file (read with ``weights_only=True``), or an already loaded dict.
         authors_align_corners: ``align_corners`` given to ``model`` when the checkpoint is in the authors' format.
         map_location: where the tensors are loaded (``"cpu"``; ``load_state_dict`` copies them to the model's device).
+        source_grid: token grid ``(h, w)`` of the checkpoint's position embedding (its training ``img_size // 16``),
+            needed only when it cannot be inferred (see :func:`resample_pos_embed_in_state_dict`; the authors' 192
+            and 768 tokens are known to be 12x16 and 24x32).
 
     Returns:
         ``model``, with the weights loaded (for chaining, e.g. in bundle configs).
@@ -88,7 +189,8 @@ def load_transfuse_checkpoint(
     Raises:
         FileNotFoundError: ``checkpoint`` is a path that does not exist.
         ValueError: the file cannot be read as a state dict; the authors' checkpoint does not fit the model's
-            variant or output channels; or the keys/shapes do not match the model (the message lists them).
+            variant or output channels; the position embedding's grid cannot be inferred; or the keys/shapes do not
+            match the model (the message lists them).
     """
     if not isinstance(model, TransFuse):
         raise TypeError(f"model must be a transfuse_monai TransFuse network, got {type(model).__name__}.")
@@ -108,9 +210,9 @@ def load_transfuse_checkpoint(
                 f"{source} is an authors' TransFuse_S checkpoint (ResNet-34 + DeiT-S); the model is variant "
                 f"'{model.variant}' with CNN '{model.cnn_name}'. Build TransFuse(variant='S') to load it."
             )
-        state = convert_authors_state_dict(content, img_size=model.img_size)
+        state = convert_authors_state_dict(content, img_size=model.img_size, source_grid=source_grid)
     else:
-        state = _strip_wrappers(content)
+        state = _resample_state_pos_embed(_strip_wrappers(content), model, source_grid, source)
 
     own = model.state_dict()
     head_key = [k for k in own if k.startswith("head_final.") and k.endswith("conv.weight")][-1]  # output conv
@@ -133,17 +235,10 @@ def load_transfuse_checkpoint(
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
                 details.append(f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        hint = ""
-        if any(k.startswith("transformer.pos_embed") for k in mismatched):
-            hint = (
-                " The position embedding was trained at another input size; build the network with that img_size "
-                f"(the model has img_size={model.img_size})."
-            )
         raise ValueError(
             f"{source} does not fit this TransFuse ({'authors' if authors else 'transfuse_monai'} format): "
             + "; ".join(details)
             + "."
-            + hint
         )
     model.load_state_dict(state, strict=True)
     if authors:

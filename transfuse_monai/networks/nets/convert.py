@@ -20,7 +20,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from transfuse_monai.networks.blocks.backbones import resample_pos_embed
 
 __all__ = ["convert_authors_state_dict"]
 
@@ -88,13 +89,6 @@ def _strip_wrappers(state_dict: Mapping) -> dict[str, torch.Tensor]:
     return out
 
 
-def _resample_pos_embed(pos: torch.Tensor, src: Sequence[int], dst: Sequence[int]) -> torch.Tensor:
-    e = pos.shape[-1]
-    grid = pos.reshape(1, src[0], src[1], e).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(dst), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, dst[0] * dst[1], e).to(pos.dtype)
-
-
 def _map_suffix(suffix: str, rules: list[tuple[str, str]]) -> str | None:
     for pattern, template in rules:
         m = re.fullmatch(pattern, suffix)
@@ -120,7 +114,9 @@ def convert_authors_state_dict(
         state_dict: the authors' state dict (a ``{"state_dict": ...}``/``{"model": ...}`` wrapper and
             ``DataParallel``'s ``module.`` prefixes are accepted).
         img_size: input size ``(H, W)`` of the target model; when its token grid differs from the checkpoint's, the
-            position embedding is resampled (bicubic). ``None`` keeps the checkpoint's grid.
+            position embedding is resampled as the network does at run time (timm's bicubic resampling, see
+            :func:`~transfuse_monai.networks.blocks.backbones.resample_pos_embed`). ``None`` keeps the checkpoint's
+            grid.
         source_grid: token grid ``(h, w)`` of the checkpoint's position embedding. Inferred when ``None``: 192
             tokens are the authors' 12x16 (192x256 input), 768 tokens 24x32, a square count a square grid.
 
@@ -199,5 +195,5 @@ def convert_authors_state_dict(
         if img_size is not None:
             target = (int(img_size[0]) // 16, int(img_size[1]) // 16)
             if tuple(target) != tuple(source_grid):
-                out["transformer.pos_embed"] = _resample_pos_embed(pos, source_grid, target)
+                out["transformer.pos_embed"] = resample_pos_embed(pos, list(target), [int(g) for g in source_grid])
     return out

@@ -1,0 +1,276 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
+"""Execution paths of the inference benchmark and their parity checks.
+
+A path is a ``+``-joined set of modifiers (``eager``, ``channels_last``, ``bf16``, ``fp16``, ``sdpa``, ``no_sdpa``,
+``compile``, ``onnx``, ``trt``, ``fp32``): :func:`parse_path` validates it, :func:`prepare` turns a model into a
+:class:`Runner` for it (ONNX export and ONNX Runtime session, TensorRT conversion, ``torch.compile``, autocast...),
+and :func:`parity` / :func:`judge` compare a path's output with fp32 eager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REFERENCE_PATH = "eager"
+MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32")
+# compile is opt-in (--paths ... compile): inductor takes minutes per model and input shape on 2 cores
+DEFAULT_PATHS = ("eager", "channels_last", "bf16", "channels_last+bf16", "sdpa", "no_sdpa", "onnx", "fp16",
+                 "channels_last+fp16", "trt")
+TOL_FP32 = 1e-4  # fp32 paths: max |diff| <= TOL_FP32 * max(1, max|eager|)
+MAX_FLIP_PCT_HALF = 0.5  # reduced-precision paths: at most this share (%) of mask pixels (logit > 0) may flip
+#: messages of :class:`PathUnavailable` that mean "not on this device" (reported apart, not per row)
+DEVICE_NA = ("no GPU", "fp16 autocast is a GPU path", "ONNX Runtime path runs on CPU only")
+
+
+class PathUnavailable(Exception):
+    """The path does not apply to this model/device (reported as n/a or skipped, not as an error)."""
+
+
+def _attention_modules(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    found = []
+    for m in model.modules():
+        if hasattr(m, "fused_attn") and hasattr(m, "qkv"):  # timm Attention
+            found.append((m, "fused_attn"))
+        elif hasattr(m, "use_flash_attention") and hasattr(m, "qkv"):  # MONAI WindowAttention (SwinUNETR)
+            found.append((m, "use_flash_attention"))
+    return found
+
+
+def attention_default(model: nn.Module) -> bool | None:
+    mods = _attention_modules(model)
+    if not mods:
+        return None
+    return all(bool(getattr(m, attr)) for m, attr in mods)
+
+
+def set_fused_attention(model: nn.Module, fused: bool) -> int:
+    mods = _attention_modules(model)
+    for m, attr in mods:
+        setattr(m, attr, fused)
+    return len(mods)
+
+
+def parse_path(path: str) -> frozenset[str]:
+    mods = frozenset(p for p in path.split("+") if p and p != "eager")
+    unknown = mods - set(MODIFIERS)
+    if unknown:
+        raise ValueError(f"unknown path modifier(s) {sorted(unknown)} in '{path}'; choose from {MODIFIERS}")
+    if {"bf16", "fp16"} <= mods or {"sdpa", "no_sdpa"} <= mods or {"onnx", "trt"} <= mods:
+        raise ValueError(f"contradictory path '{path}'")
+    if "fp32" in mods and "trt" not in mods:
+        raise ValueError("'fp32' only qualifies 'trt' (TensorRT precision)")
+    if ("onnx" in mods or "trt" in mods) and mods & {"bf16", "fp16", "compile", "channels_last"}:
+        raise ValueError(f"'{path}': onnx/trt combine only with sdpa/no_sdpa (trt: fp32)")
+    return mods
+
+
+def is_reduced_precision(mods: frozenset[str]) -> bool:
+    return "bf16" in mods or "fp16" in mods or ("trt" in mods and "fp32" not in mods)
+
+
+class Runner:
+    """A model prepared for one path: ``runner(x)`` returns fp32 logits on the model's device."""
+
+    def __init__(self, fn: Callable, prep: Callable, setup_s: float = 0.0, note: str = "") -> None:
+        self.fn, self.prep, self.setup_s, self.note = fn, prep, setup_s, note
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.prep(x))
+
+
+def _first(out):
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return out.float()
+
+
+#: ONNX Runtime's intra-op threads spin after each run by default, which steals the cores from whatever runs next;
+#: the interleaved pass turns spinning off so that an ONNX runner does not slow down the runner after it.
+ORT_SPINNING = True
+
+
+def _ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if not ORT_SPINNING:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _shortcut_a(x: torch.Tensor, planes: int, stride: int, spatial_dims: int = 3) -> torch.Tensor:
+    """MONAI ResNet's "A" shortcut (stride-``stride`` subsampling, zero channels appended) without its ``out.data``,
+    which the dynamo exporter cannot serialise and the TorchScript tracer freezes into a constant of the example
+    input. Same values."""
+    from monai.networks.layers.utils import get_pool_layer
+
+    out = get_pool_layer(("avg", {"kernel_size": 1, "stride": stride}), spatial_dims=spatial_dims)(x)
+    return F.pad(out, [0, 0] * (out.dim() - 2) + [0, planes - out.shape[1]])
+
+
+def exportable(model: nn.Module) -> tuple[nn.Module, str]:
+    """Rewrite known export blockers in a model copy (same maths); return it and a note (empty: nothing changed)."""
+    import functools
+
+    n = 0
+    for m in model.modules():
+        ds = getattr(m, "downsample", None)
+        if isinstance(ds, functools.partial) and getattr(ds.func, "__name__", "") == "_downsample_basic_block":
+            m.downsample = functools.partial(_shortcut_a, **ds.keywords)
+            n += 1
+    return model, (f"{n} MONAI ResNet 'A' shortcuts rewritten without .data for export" if n else "")
+
+
+def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int) -> Runner:
+    """Export with ``torch.onnx.export(dynamo=True)`` and a dynamic batch axis; run with ONNX Runtime (CPU).
+
+    Fallback, reported in the row's note: when the dynamo export fails, or its graph does not run at batch 1 and
+    ``batch``, the TorchScript-based exporter (``dynamo=False``) writes one static-shape graph per batch size.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    start = time.perf_counter()
+    model, patched = exportable(model)
+    stem = tmpdir / f"model_{os.getpid()}_{id(model)}"
+    sessions: dict[int, object] = {}
+    exporter = "dynamo export, dynamic batch"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            path = stem.with_suffix(".onnx")
+            example = torch.randn(2, 3, *size)  # batch 1 would be specialised by torch.export
+            dim = torch.export.Dim("batch", min=1, max=1024)
+            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["pred"],
+                              opset_version=18, dynamo=True, dynamic_shapes=({0: dim},), external_data=True,
+                              verbose=False)
+            session = _ort_session(path, threads)
+            for b in sorted({1, batch}):
+                session.run(None, {"image": np.zeros((b, 3, *size), np.float32)})
+                sessions[b] = session
+        except Exception as e:
+            # e.g. MONAI's ResNet "A" shortcut (FlexibleUNet) lifts a constant that the dynamo exporter cannot
+            # serialise, and the traced graph bakes the batch size into it
+            exporter = f"TorchScript exporter, static batch per size (dynamo export failed: {type(e).__name__})"
+            for b in sorted({1, batch}):
+                path = stem.with_name(f"{stem.name}_b{b}.onnx")
+                torch.onnx.export(model, (torch.randn(b, 3, *size),), str(path), input_names=["image"],
+                                  output_names=["pred"], opset_version=18, dynamo=False)
+                sessions[b] = _ort_session(path, threads)
+    setup = time.perf_counter() - start
+
+    def run_onnx(x):
+        session = sessions.get(int(x.shape[0])) or next(iter(sessions.values()))
+        (out,) = session.run(None, {"image": np.ascontiguousarray(x.numpy())})
+        return torch.from_numpy(out).float()
+
+    note = f"ORT {ort.__version__}, {threads} intra-op threads, {exporter}" + (f"; {patched}" if patched else "")
+    return Runner(run_onnx, lambda x: x, setup, note)
+
+
+def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, batch: int, tmpdir: Path,
+            threads: int) -> Runner:
+    if "onnx" in mods and device.type != "cpu":
+        raise PathUnavailable("ONNX Runtime path runs on CPU only")
+    if "trt" in mods and device.type != "cuda":
+        raise PathUnavailable("no GPU: TensorRT needs CUDA")
+    if "fp16" in mods and device.type != "cuda":
+        raise PathUnavailable("fp16 autocast is a GPU path (CPU uses bf16)")
+    if ("sdpa" in mods or "no_sdpa" in mods):
+        default = attention_default(base)
+        if default is None:
+            raise PathUnavailable("no togglable attention in this model")
+        if default == ("sdpa" in mods) and not mods - {"sdpa", "no_sdpa"}:
+            raise PathUnavailable("= eager (library default)")
+    model = copy.deepcopy(base).eval()
+    if "sdpa" in mods:
+        set_fused_attention(model, True)
+    if "no_sdpa" in mods:
+        set_fused_attention(model, False)
+    prep = lambda x: x  # noqa: E731
+
+    if "onnx" in mods:
+        runner = prepare_onnx(model, size, batch, tmpdir, threads)
+        del model
+        return runner
+
+    if "trt" in mods:
+        from monai.networks.utils import convert_to_trt
+
+        precision = "fp32" if "fp32" in mods else "fp16"
+        start = time.perf_counter()
+        trt_model = convert_to_trt(model.to(device), precision, input_shape=[1, 3, *size],
+                                   dynamic_batchsize=[1, batch, batch], use_trace=True, device=device.index or 0)
+        setup = time.perf_counter() - start
+
+        def run_trt(x):
+            with torch.no_grad():
+                return _first(trt_model(x))
+
+        return Runner(run_trt, prep, setup, f"TensorRT {precision} via monai.networks.utils.convert_to_trt")
+
+    model = model.to(device)
+    if "channels_last" in mods:
+        model = model.to(memory_format=torch.channels_last)
+        prep = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    dtype = torch.bfloat16 if "bf16" in mods else torch.float16 if "fp16" in mods else None
+    fn = model
+    note = ""
+    if "compile" in mods:
+        fn = torch.compile(model, dynamic=False)
+        note = "torch.compile (inductor)"
+
+    def run_torch(x):
+        amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
+            return _first(fn(x))
+
+    runner = Runner(run_torch, prep, 0.0, note)
+    if "compile" in mods:
+        # compilation happens on the first call of each input shape: time both shapes as set-up
+        start = time.perf_counter()
+        for b in (1, batch):
+            runner(torch.randn(b, 3, *size, device=device))
+        sync(device)
+        runner.setup_s = time.perf_counter() - start
+    return runner
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parity(out: torch.Tensor, ref: torch.Tensor, mods: frozenset[str]) -> dict:
+    diff = float((out.float().cpu() - ref).abs().max())
+    flips = float(((out.float().cpu() > 0) != (ref > 0)).float().mean()) * 100  # sigmoid > 0.5 masks that differ
+    return judge({"max_abs_diff": diff, "max_abs_ref": float(ref.abs().max()), "mask_flip_pct": flips}, mods)
+
+
+def judge(par: dict, mods: frozenset[str]) -> dict:
+    """Set ``passed`` and ``criterion`` of a parity record (see the module docstring)."""
+    diff, scale = par["max_abs_diff"], max(1.0, par["max_abs_ref"])
+    if is_reduced_precision(mods):
+        passed = math.isfinite(diff) and par["mask_flip_pct"] <= MAX_FLIP_PCT_HALF
+        criterion = f"mask flips <= {MAX_FLIP_PCT_HALF:g}%"
+    else:
+        passed = math.isfinite(diff) and diff <= TOL_FP32 * scale
+        criterion = f"max|diff| <= {TOL_FP32:g} * max(1, max|eager|)"
+    return {**par, "passed": bool(passed), "criterion": criterion}

@@ -1,0 +1,34 @@
+"""Segmentation tasks: one module per dataset (layout, datalists, checks, generated sample, classes).
+
+``get_task(name)`` returns the task a bundle declares in its config (``"task": "$transfuse_monai.tasks.get_task('polyp')"``).
+Adding a task: write ``tasks/<name>.py`` with a :class:`SegmentationTask` subclass decorated with
+:func:`register_task`, and add its import line below.
+"""
+
+from transfuse_monai.tasks.base import (
+    DEMO_MARKER,
+    SegmentationTask,
+    available_tasks,
+    get_task,
+    is_demo_datalist,
+    is_demo_dataset,
+    register_task,
+)
+
+# one line per task: importing the module registers it
+from transfuse_monai.tasks.polyp import PRANET_TEST_SETS, PolypTask
+from transfuse_monai.tasks.isic2017 import ISIC2017_SPLITS, ISIC2017Task
+
+__all__ = [
+    "DEMO_MARKER",
+    "SegmentationTask",
+    "available_tasks",
+    "get_task",
+    "is_demo_datalist",
+    "is_demo_dataset",
+    "register_task",
+    "PRANET_TEST_SETS",
+    "PolypTask",
+    "ISIC2017_SPLITS",
+    "ISIC2017Task",
+]
