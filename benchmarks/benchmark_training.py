@@ -19,7 +19,7 @@ with 0 workers, waiting for a worker's batch otherwise); the compute time is ``I
 ``ITERATION_COMPLETED`` (our handler runs after the bundle's own, so it includes post-processing and metrics); the
 loop time runs from ``EPOCH_STARTED`` to the last ``ITERATION_COMPLETED`` (validation, which the bundle would run at
 ``EPOCH_COMPLETED``, is switched off with ``--val_interval`` larger than the epoch count). The subset is a datalist
-override (``build_pranet_datalist(...)[:limit]``); the data is read in place, never copied.
+override (``@task.datalist(@data_root, 'train')[:limit]``); the data is read in place, never copied.
 
 Throughput is dataset images per second of loop time (with the bundle's multi-scale ``cycle`` mode each image is
 trained at three scales per epoch); "steady" leaves out the first iteration (worker start-up, first-call
@@ -198,11 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     data = args.data.resolve()
     generated = args.smoke or not (data / "TrainDataset" / "images").is_dir()
     if generated:
-        from transfuse_monai.data import make_synthetic_pranet_dataset
+        from transfuse_monai.tasks import get_task
 
         data = tmp / "data"
         side = 64 if args.smoke else 352
-        make_synthetic_pranet_dataset(data, n_train=args.limit, size=(side, side), test_sets={})
+        get_task("polyp").make_sample(data, n_train=args.limit, size=(side, side), test_sets={})
         print(f"note: training on generated data in {data} ({args.limit} pairs of {side}x{side})", flush=True)
 
     import torch
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.executable, "-m", "monai.bundle", "run", "training",
             "--config_file", json.dumps([rel(CONFIGS / "train.json"), rel(override)], separators=(",", ":")),
             "--dataset_dir", rel(data),
-            "--datalist", f"$transfuse_monai.data.build_pranet_datalist(@data_root, 'TrainDataset')[:{args.limit}]",
+            "--datalist", f"$@task.datalist(@data_root, 'train')[:{args.limit}]",
             "--image_size", f"[{args.size},{args.size}]",
             "--epochs", "1", "--val_interval", "1000000", "--val_fraction", str(args.val_fraction),
             "--batch_size", str(args.batch_size), "--multi_scale_mode", args.multi_scale_mode,

@@ -105,8 +105,9 @@ ISIC_METRICS = ("jaccard", "dice", "accuracy")
 def check_polyp_data(data: Path) -> list[str]:
     if not data.is_dir():
         return [f"'{data}' does not exist"]
-    return [f"'{data / sub / kind}' is missing" for sub in ["TrainDataset", *(f"TestDataset/{s}" for s in POLYP_TEST_SETS)]
-            for kind in ("images", "masks") if not (data / sub / kind).is_dir()]
+    subsets = ["TrainDataset", *(f"TestDataset/{s}" for s in POLYP_TEST_SETS)]
+    return [f"'{data / sub / kind}' is missing" for sub in subsets for kind in ("images", "masks")
+            if not (data / sub / kind).is_dir()]
 
 
 def check_isic_data(data: Path) -> list[str]:
@@ -184,12 +185,13 @@ def polyp_tables(results: list[dict], args) -> str:
             f"{_f(kv.get('iou'))} | {_f(cvc.get('dice'))} | {_f(cvc.get('iou'))} |"
         )
     lines += ["", "All polyp metrics (evaluate.json, original mask size):", "",
-              "| model | test set | n | " + " | ".join(POLYP_METRICS) + " |", "|---|---|---|" + "---|" * len(POLYP_METRICS)]
+              "| model | test set | n | " + " | ".join(POLYP_METRICS) + " |",
+              "|---|---|---|" + "---|" * len(POLYP_METRICS)]
     for r in results:
         for s in POLYP_TEST_SETS:
             v = r["test"][s] or {}
-            lines.append(f"| {r['model']} | {s} | {int(v.get('n', 0))} | " + " | ".join(_f(v.get(m)) for m in POLYP_METRICS)
-                         + " |")
+            values = " | ".join(_f(v.get(m)) for m in POLYP_METRICS)
+            lines.append(f"| {r['model']} | {s} | {int(v.get('n', 0))} | {values} |")
     return "\n".join(lines)
 
 

@@ -48,8 +48,10 @@ def _label_ready_copy(bundle: str, dest: Path, size: int = 64) -> Path:
     (path / "models").mkdir()
     from transfuse_monai.networks.nets import TransFuse
 
+    task = get_task(bundle)
     torch.manual_seed(0)
-    torch.save(TransFuse(img_size=(size, size)).state_dict(), path / "models" / "model.pt")
+    net = TransFuse(in_channels=task.in_channels, out_channels=task.out_channels, img_size=(size, size))
+    torch.save(net.state_dict(), path / "models" / "model.pt")
     return path
 
 
@@ -65,13 +67,16 @@ def test_bundle_infer_task_returns_storable_2d_label(bundle, tmp_path):
 
     task = BundleInferTask(str(path), {})
     assert task.is_valid(), "MONAI Label did not accept the bundle"
+    # MONAI Label reads the labels from metadata.json's channel_def: each class at its mask value (polyp = 1)
+    assert task.labels == {k.lower(): v for k, v in get_task(bundle).labels().items()}  # Label lower-cases names
+    assert all(v >= 1 for v in task.labels.values())
     label_file, result = task({"image": str(image), "device": "cpu", "result_extension": ".png"})
     assert label_file and Path(label_file).is_file()
     with Image.open(label_file) as label, Image.open(image) as src:
         assert label.size == src.size, "label must be stored at the image's size"
         array = np.asarray(label)
     assert array.ndim == 2 and array.dtype == np.uint8
-    assert set(np.unique(array)) <= {0, 1}
+    assert set(np.unique(array).tolist()) <= {int(k) for k in get_task(bundle).channel_def()}
     assert isinstance(result, dict)
 
 

@@ -87,7 +87,7 @@ def test_evaluate_writes_table_and_files(trained):
     proc = bundle(
         "run", "--config_file", "['bundles/polyp/configs/train.json','bundles/polyp/configs/evaluate.json']",
         "--dataset_dir", str(trained["data"]), *SMALL, "--ckpt_dir", str(trained["ckpt"]),
-        "--output_dir", str(trained["out"]),
+        "--output_dir", str(trained["out"]), "--tracking", "mlflow",
     )
     out = proc.stdout
     assert "| set | n | dice | iou | s_measure | mean_e_measure | weighted_f_measure | mae |" in out
@@ -100,6 +100,31 @@ def test_evaluate_writes_table_and_files(trained):
         assert 0.0 <= values["dice"] <= 1.0 and 0.0 <= values["mae"] <= 1.0
     rows = (trained["out"] / "polyp_per_image.csv").read_text().strip().splitlines()
     assert rows[0].startswith("set,name,dice,iou") and len(rows) == 7
+
+    # the generic per-class report (distances in pixels: frames carry no spacing) and the overlay pictures
+    per_class = json.loads((trained["out"] / "segmentation_summary.json").read_text())
+    assert {"dice_polyp", "iou_polyp", "hd_px_polyp", "hd95_px_polyp", "asd_px_polyp"} <= set(per_class["Kvasir"])
+    assert (trained["out"] / "segmentation_per_class.md").read_text().count("polyp") >= 1
+    overlays = sorted((trained["out"] / "overlays").glob("*.png"))
+    assert len(overlays) == 6, overlays
+    mask_sizes = {Image.open(m).size for m in (trained["data"] / "TestDataset").glob("*/masks/*.png")}
+    for png in overlays:  # drawn at each mask's original size
+        with Image.open(png) as pic:
+            assert pic.size in mask_sizes and pic.mode == "RGB"
+
+
+def test_evaluation_is_tracked_with_mlflow(trained):
+    """``--tracking mlflow`` (MONAI's built-in tracking; the [mlflow] extra) logs the evaluation's metrics to a local
+    SQLite store in ``output_dir`` (MONAI's default ``tracking_uri``); runs after the evaluation above."""
+    import mlflow
+
+    store = trained["out"] / "mlruns.db"
+    assert store.is_file(), "no MLflow store was written"
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert runs, "no MLflow run recorded"
+    logged = {k for run in runs for k in run.data.metrics}
+    assert any(k.startswith("Kvasir") and k.endswith("dice") for k in logged), sorted(logged)
 
 
 def test_inference_masks_match_input_sizes(trained):

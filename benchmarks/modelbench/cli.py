@@ -37,7 +37,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
                         help="default: all (authors_s only with --authors-repo)")
     parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS),
-                        help=f"'+'-joined modifiers from {MODIFIERS}; 'eager' is always run first (default: %(default)s)")
+                        help=f"'+'-joined modifiers from {MODIFIERS}; 'eager' is always run first "
+                        "(default: %(default)s)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(352, 352), (192, 256)])
     parser.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"],
                         help="default: cpu, plus cuda when available")
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None, description: str | None = None, script: 
         "models": args.models, "paths": paths, "sizes": [list(s) for s in args.sizes], "devices": args.devices,
         "warmup": args.warmup, "repeats": args.repeats, "throughput_iters": args.throughput_iters,
         "batch_cpu": args.cpu_batch, "batch_cuda": args.batch, "compile_models": args.compile_models,
-        "authors_repo": args.authors_repo, "parity_criteria": {"fp32_max_diff_rel": TOL_FP32, "half_max_mask_flip_pct": MAX_FLIP_PCT_HALF},
+        "authors_repo": args.authors_repo,
+        "parity_criteria": {"fp32_max_diff_rel": TOL_FP32, "half_max_mask_flip_pct": MAX_FLIP_PCT_HALF},
         "calibrate_bn": args.calibrate_bn, "peak_tflops": peaks,
         "loadavg_start": loadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -49,6 +49,7 @@ def _attention_modules(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 def attention_default(model: nn.Module) -> bool | None:
+    """Whether the model's togglable attention is fused by default (``None``: it has none)."""
     mods = _attention_modules(model)
     if not mods:
         return None
@@ -56,6 +57,7 @@ def attention_default(model: nn.Module) -> bool | None:
 
 
 def set_fused_attention(model: nn.Module, fused: bool) -> int:
+    """Switch fused attention on/off in every togglable attention module; returns how many were set."""
     mods = _attention_modules(model)
     for m, attr in mods:
         setattr(m, attr, fused)
@@ -63,6 +65,8 @@ def set_fused_attention(model: nn.Module, fused: bool) -> int:
 
 
 def parse_path(path: str) -> frozenset[str]:
+    """The modifiers of a ``+``-joined path (``eager`` is the empty set); raises ``ValueError`` for unknown or
+    contradictory ones."""
     mods = frozenset(p for p in path.split("+") if p and p != "eager")
     unknown = mods - set(MODIFIERS)
     if unknown:
@@ -77,6 +81,7 @@ def parse_path(path: str) -> frozenset[str]:
 
 
 def is_reduced_precision(mods: frozenset[str]) -> bool:
+    """Whether the path computes in bf16/fp16 (judged by mask flips instead of max |diff|)."""
     return "bf16" in mods or "fp16" in mods or ("trt" in mods and "fp32" not in mods)
 
 
@@ -90,7 +95,8 @@ class Runner:
         return self.fn(self.prep(x))
 
 
-def _first(out):
+def first_output(out):
+    """The first head of a model output (tuple/list: the authors' and some MONAI nets), as fp32."""
     if isinstance(out, (list, tuple)):
         out = out[0]
     return out.float()
@@ -186,6 +192,8 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int)
 
 def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, batch: int, tmpdir: Path,
             threads: int) -> Runner:
+    """A copy of ``base`` set up for the path ``mods`` on ``device``; raises :class:`PathUnavailable` when the path
+    does not apply (device, model without togglable attention, or equal to eager)."""
     if "onnx" in mods and device.type != "cpu":
         raise PathUnavailable("ONNX Runtime path runs on CPU only")
     if "trt" in mods and device.type != "cuda":
@@ -221,7 +229,7 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
 
         def run_trt(x):
             with torch.no_grad():
-                return _first(trt_model(x))
+                return first_output(trt_model(x))
 
         return Runner(run_trt, prep, setup, f"TensorRT {precision} via monai.networks.utils.convert_to_trt")
 
@@ -239,7 +247,7 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
     def run_torch(x):
         amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with torch.inference_mode(), amp:
-            return _first(fn(x))
+            return first_output(fn(x))
 
     runner = Runner(run_torch, prep, 0.0, note)
     if "compile" in mods:
@@ -259,13 +267,14 @@ def sync(device: torch.device) -> None:
 
 
 def parity(out: torch.Tensor, ref: torch.Tensor, mods: frozenset[str]) -> dict:
+    """Max |out - ref|, max |ref| and the share (%) of mask pixels (logit > 0) that flip, judged by :func:`judge`."""
     diff = float((out.float().cpu() - ref).abs().max())
     flips = float(((out.float().cpu() > 0) != (ref > 0)).float().mean()) * 100  # sigmoid > 0.5 masks that differ
     return judge({"max_abs_diff": diff, "max_abs_ref": float(ref.abs().max()), "mask_flip_pct": flips}, mods)
 
 
 def judge(par: dict, mods: frozenset[str]) -> dict:
-    """Set ``passed`` and ``criterion`` of a parity record (see the module docstring)."""
+    """Set ``passed`` and ``criterion`` of a parity record (criteria: ``benchmark_models.py --help``)."""
     diff, scale = par["max_abs_diff"], max(1.0, par["max_abs_ref"])
     if is_reduced_precision(mods):
         passed = math.isfinite(diff) and par["mask_flip_pct"] <= MAX_FLIP_PCT_HALF

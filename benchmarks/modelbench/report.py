@@ -118,7 +118,8 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
         f"throughput: {settings['throughput_iters']} calls at batch {settings['batch_cpu']} on CPU"
         + (f", {settings['batch_cuda']} on CUDA" if settings["cuda"] else "")
         + f". Load average (1, 5, 15 min) at start {settings['loadavg_start']}, at end {settings['loadavg_end']}.",
-        f"Parity vs fp32 eager on one batch-1 input: fp32 paths pass if max|diff| <= {TOL_FP32:g} * max(1, max|eager|), "
+        f"Parity vs fp32 eager on one batch-1 input: fp32 paths pass if max|diff| <= {TOL_FP32:g} * "
+        "max(1, max|eager|), "
         f"reduced-precision paths (bf16/fp16) if at most {MAX_FLIP_PCT_HALF:g}% of the mask pixels (logit > 0) flip; "
         "random weights, BatchNorm statistics "
         + ("set from a train-mode pass on 2 random images" if settings["calibrate_bn"] else "left at their defaults")
@@ -137,7 +138,8 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
             out += [
                 f"## {size[0]}x{size[1]}, {device}",
                 "",
-                f"| model | path | params (M) | GMACs | max abs diff / max abs eager (pass) | mask pixels flipped (%) | set-up (s) | batch-1 latency median "
+                "| model | path | params (M) | GMACs | max abs diff / max abs eager (pass) | mask pixels flipped (%) "
+                "| set-up (s) | batch-1 latency median "
                 f"(ms) | IQR (ms) | min-max (ms) | latency / S-eager | throughput b{batch} (img/s) "
                 f"| throughput / S-eager | peak mem b1 / b{batch} (MiB) | TFLOP/s b1 / b{batch} (of peak) |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -147,7 +149,8 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
                 if r.get("device_na"):
                     skipped.setdefault(r["path"], r["note"])
                     continue
-                head = f"| {r['label']} | {r['path']} | {_f(r.get('params') and r['params'] / 1e6)} | {_f(r.get('gmacs'))} |"
+                params = _f(r.get("params") and r["params"] / 1e6)
+                head = f"| {r['label']} | {r['path']} | {params} | {_f(r.get('gmacs'))} |"
                 if r.get("status") != "ok":
                     why = r.get("note") or row_error(r)
                     out.append(head + f" {r['status']}: {why} |" + " |" * 10)
@@ -163,7 +166,7 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
                 )
             out.append("")
             notes = [f"{r['label']} `{r['path']}`: {r['note']}" for r in sel
-                     if r.get("status") == "ok" and ("failed" in (r.get("note") or "") or "rewritten" in (r.get("note") or ""))]
+                     if r.get("status") == "ok" and any(w in (r.get("note") or "") for w in ("failed", "rewritten"))]
             if notes:
                 out += ["Notes: " + "; ".join(notes) + ".", ""]
             if skipped:
@@ -220,7 +223,8 @@ def write_report(rows: list[dict], settings: dict, out: Path) -> None:
     print("\n" + report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"settings": settings, "results": rows, "best": best}, indent=2) + "\n")
+    data = {"settings": settings, "results": rows, "best": best}
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
 def rejudge(results_json: Path, out: Path, peaks: dict[str, float] | None = None) -> None:

@@ -24,7 +24,7 @@ from .paths import (
     REFERENCE_PATH,
     PathUnavailable,
     Runner,
-    _first,
+    first_output,
     attention_default,
     parity,
     parse_path,
@@ -74,6 +74,7 @@ def measure_memory_mib(call: Callable[[], object], device: torch.device) -> tupl
 
 
 def time_calls(runner: Runner, x: torch.Tensor, n: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``n`` calls of the runner on ``x`` (input prepared once, device synchronised)."""
     x = runner.prep(x)
     times = []
     for _ in range(n):
@@ -86,6 +87,7 @@ def time_calls(runner: Runner, x: torch.Tensor, n: int, device: torch.device) ->
 
 
 def stats_ms(times: list[float]) -> dict:
+    """Median, quartiles, min, max (ms) and count of a list of durations in seconds."""
     ms = sorted(t * 1000 for t in times)
     if len(ms) >= 2:
         q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
@@ -95,6 +97,7 @@ def stats_ms(times: list[float]) -> dict:
 
 
 def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
     return [round(v, 2) for v in os.getloadavg()]
 
 
@@ -103,6 +106,8 @@ _GMACS: dict[tuple, float | None] = {}
 
 def bench_model(key: str, size, device: torch.device, paths: list[str], args, tmpdir: Path, batch: int,
                 threads: int) -> list[dict]:
+    """Build one model at ``size`` and measure every path on ``device``: one result row per path (``ok``, ``n/a``,
+    ``skipped`` or ``error``)."""
     label, builder = MODELS[key]
     rows: list[dict] = []
     common = {"model": key, "label": label, "size": list(size), "device": device.type}
@@ -125,7 +130,7 @@ def bench_model(key: str, size, device: torch.device, paths: list[str], args, tm
         _GMACS[gmacs_key] = count_gmacs(base, x1_cpu)
     gmacs = _GMACS[gmacs_key]
     with torch.inference_mode():
-        ref = _first(base.to(device)(x1_cpu.to(device))).cpu()
+        ref = first_output(base.to(device)(x1_cpu.to(device))).cpu()
     base = base.cpu()
     attn_default = attention_default(base)
     common.update(params=params, gmacs=gmacs, build_s=build_s,
