@@ -25,6 +25,7 @@ PER_TASK_IDS = {
     "image_size": "the paper's input size per task",
     "epochs": "the paper's schedule per task",
     "learning_rate": "the paper's schedule per task",
+    "loss_name": "the paper's structure loss (polyp, ISIC) or DiceCE (multi-class tasks)",
     "grad_clip_norm": "the paper's schedule per task",
     "optimizer": "ISIC 2017 uses the authors' Adam betas",
     "train_datalist": "a held-out fraction (polyp) or the official split (ISIC)",

@@ -13,7 +13,7 @@ from transfuse_monai.networks.nets import TransFuse
 
 CLASS_NAMES = ("background", "disc", "square")
 SIZE = 64
-ITERATIONS = 20
+ITERATIONS = 12
 
 
 @pytest.fixture()

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,8 +20,6 @@ from transfuse_monai.metrics.segmentation import SegmentationMetrics
 from transfuse_monai.utils import atomic_path, atomic_write_json
 
 __all__ = ["OverlayWriter", "OVERLAY_COLORS"]
-
-logger = logging.getLogger(__name__)
 
 #: ``(ground truth, prediction)`` contour colours of classes 1, 2, ...: a strong colour and a light shade of the
 #: same hue (matplotlib's "tab20" pairs, grey left out), repeated for more classes.

@@ -102,7 +102,9 @@ class DeepSupervisionStructureLoss(DeepSupervisionLoss):
 
     Accepts the training-mode output of :class:`~transfuse_monai.networks.nets.TransFuse` (``(B, N, C, H, W)``,
     heads stacked on dim 1 in the order final, transformer, deepest fusion), a list of ``(B, C, H, W)`` tensors, or a
-    single ``(B, C, H, W)`` tensor (eval-mode output, plain loss).
+    single ``(B, C, H, W)`` tensor (eval-mode output, plain loss). For multi-class (softmax) tasks or Dice + CE, see
+    :class:`~transfuse_monai.losses.TransFuseLoss`, which equals this loss for ``loss="structure"`` and
+    ``activation="sigmoid"``.
 
     Args:
         weights: weight of each head. Defaults to TransFuse's ``(0.5, 0.3, 0.2)``.
