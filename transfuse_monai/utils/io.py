@@ -18,13 +18,21 @@ from typing import Any
 
 __all__ = ["partial_name", "atomic_path", "atomic_write_text", "atomic_write_json"]
 
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
 
 def partial_name(path: str | os.PathLike) -> Path:
     """The temporary name used for ``path`` while it is written: hidden, in the same folder (so the final rename
-    stays on one file system), with the process id, and with the same suffix (writers that choose the format from
-    the extension, such as PIL or ``torch.onnx``, keep working)."""
+    stays on one file system), with the process id, and with the same extension, compound ones such as
+    ``.nii.gz`` included (writers that choose the format from the extension, such as PIL, nibabel or ``torch.onnx``,
+    keep working)."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    suffixes = path.suffixes
+    # keep compound extensions whole (".nii.gz"): nibabel and others choose the format from them
+    n = 2 if len(suffixes) >= 2 and suffixes[-1].lower() in _COMPRESSED else min(len(suffixes), 1)
+    suffix = "".join(suffixes[-n:]) if n else ""
+    stem = path.name[: len(path.name) - len(suffix)]
+    return path.with_name(f".{stem}.partial-{os.getpid()}{suffix}")
 
 
 @contextmanager
