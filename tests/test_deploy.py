@@ -109,6 +109,8 @@ def test_deploy_app_runs_exported_bundle(bundle, tmp_path, deploy_python):
     spec = next(iter(inputs.values()))
     if len(inputs) != 1 or spec.get("type") != "image" or len(spec.get("spatial_shape", ())) != 2:
         pytest.skip(f"{bundle}: input is not a single 2D image ({inputs}); the deploy app loads 2D image files")
+    if get_task(bundle).spatial_dims != 2:  # a 2D network over volumes: the app has no volume path yet (issue 15)
+        pytest.skip(f"{bundle}: a volume task; the deploy app loads 2D image files")
 
     # The bundle's inference config at a small size. ckpt_export embeds the config *file* (command-line overrides
     # are not embedded), so the size is set in a copy of the file, which both consumers then read.

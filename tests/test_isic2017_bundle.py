@@ -104,7 +104,14 @@ def test_evaluate_reports_both_resolutions(trained):
     assert "ISIC 2017 test: at the original mask resolution (predictions resized back)" in out
     assert "| set | n | jaccard | dice | accuracy |" in out
     assert "| set | n | jaccard_orig | dice_orig | accuracy_orig |" in out
-    assert out.count("| test | 3 |") == 2
+    assert out.count("| test | 3 |") == 3  # model resolution, original resolution, the per-class report
+    per_class = json.loads((trained["out"] / "segmentation_summary.json").read_text())["test"]
+    assert {"dice_lesion", "iou_lesion", "hd_px_lesion", "hd95_px_lesion", "asd_px_lesion"} <= set(per_class)
+    # the per-class report reads the original-resolution prediction: its Dice is the ISIC original-resolution Dice
+    assert per_class["dice_lesion"] == pytest.approx(
+        json.loads((trained["out"] / "isic2017_original_res_summary.json").read_text())["test"]["dice_orig"], abs=1e-6
+    )
+    assert len(list((trained["out"] / "overlays").glob("*.png"))) == 3
     names = [f"ISIC_{i:07d}" for i in range(6, 9)]  # ids continue across splits: 4 train, 2 val, then test
     for prefix, suffix in (("isic2017_model_res_", ""), ("isic2017_original_res_", "_orig")):
         rows = read_csv(trained["out"] / f"{prefix}per_image.csv")

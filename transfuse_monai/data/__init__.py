@@ -11,9 +11,10 @@ from .datalists import (
     validate_datalist,
 )
 from .synthetic import draw_blob_sample, resolve_sizes, save_image_pair
-from .writers import AtomicPILWriter
+from .writers import AtomicNibabelWriter, AtomicPILWriter
 
 __all__ = [
+    "AtomicNibabelWriter",
     "AtomicPILWriter",
     "IMAGE_EXTENSIONS",
     "build_image_mask_datalist",

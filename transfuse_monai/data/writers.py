@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-from monai.data import PILWriter
+from monai.data import NibabelWriter, PILWriter
 
 from transfuse_monai.utils import atomic_path
 
-__all__ = ["AtomicPILWriter"]
+__all__ = ["AtomicNibabelWriter", "AtomicPILWriter"]
 
 
 class AtomicPILWriter(PILWriter):
@@ -28,3 +28,15 @@ class AtomicPILWriter(PILWriter):
         kwargs.setdefault("reverse_indexing", self.reverse_indexing)
         with atomic_path(filename) as tmp:
             super().write(tmp, verbose=verbose, **kwargs)
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's :class:`~monai.data.NibabelWriter` writing through :func:`transfuse_monai.utils.atomic_path` (a hidden
+    temporary file with the whole ``.nii.gz`` extension, renamed into place), so an interrupted run leaves the
+    complete NIfTI file or none. Use it with
+    ``SaveImaged(writer="transfuse_monai.data.AtomicNibabelWriter")``.
+    """
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs):
+        with atomic_path(filename) as tmp:
+            super().write(str(tmp), verbose=verbose, **obj_kwargs)

@@ -9,12 +9,14 @@ from transfuse_monai.handlers.metrics_report import (
     split_class_metrics,
 )
 from transfuse_monai.handlers.overlay import OVERLAY_COLORS, OverlayWriter
+from transfuse_monai.handlers.timing import SecondsPerVolume
 
 __all__ = [
     "GradientClipping",
     "OVERLAY_COLORS",
     "OverlayWriter",
     "ResumableCheckpoint",
+    "SecondsPerVolume",
     "SegmentationMetricsReport",
     "format_class_table",
     "format_table",

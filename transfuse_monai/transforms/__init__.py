@@ -4,6 +4,7 @@ from transfuse_monai.transforms.intensity import EnsureNumChannelsd, SelectHeadd
 from transfuse_monai.transforms.labels import ClassIndexd
 from transfuse_monai.transforms.slices import (
     SLICE_PAD_MODES,
+    RandClassSlicesd,
     StackSliceNeighbours,
     StackSliceNeighboursd,
     stack_slice_neighbours,
@@ -14,6 +15,7 @@ __all__ = [
     "EnsureNumChannelsd",
     "SelectHeadd",
     "SLICE_PAD_MODES",
+    "RandClassSlicesd",
     "StackSliceNeighbours",
     "StackSliceNeighboursd",
     "stack_slice_neighbours",

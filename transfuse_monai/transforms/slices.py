@@ -31,16 +31,19 @@ inwards there by the cropper), and lets a ``CacheDataset`` cache the stacked vol
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import get_track_meta
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, RandCropByLabelClassesd, SqueezeDim, Transform
 from monai.utils import convert_to_tensor
 
-__all__ = ["SLICE_PAD_MODES", "stack_slice_neighbours", "StackSliceNeighbours", "StackSliceNeighboursd"]
+__all__ = [
+    "SLICE_PAD_MODES", "stack_slice_neighbours", "StackSliceNeighbours", "StackSliceNeighboursd", "RandClassSlicesd",
+]
 
 #: How slices beyond the first and last are filled: ``"edge"`` repeats the border slice, ``"constant"`` uses zeros.
 SLICE_PAD_MODES = ("edge", "constant")
@@ -156,3 +159,56 @@ class StackSliceNeighboursd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.stacker(d[key])
         return d
+
+
+class RandClassSlicesd(RandCropByLabelClassesd):
+    """Class-balanced 2D slices of a channel-first volume: MONAI's :class:`~monai.transforms.RandCropByLabelClassesd`
+    with a one-slice window (``spatial_size=(-1, -1, 1)`` for ``slice_dim=2``) and the slice axis squeezed.
+
+    Each of the ``num_samples`` slices is the slice of a voxel drawn from a class chosen with probability
+    proportional to ``ratios`` (so slices holding PZ and TZ are seen despite the many background slices); the result
+    is a list of 2D samples ``(C, H, W)``, label ``(1, H, W)``, that 2D augmentations can follow.
+
+    Args:
+        keys: keys of the image and the label.
+        label_key: key of the class-index label ``(1, H, W, D)``.
+        num_classes: number of classes, background included.
+        ratios: relative frequency of each class (default: equal).
+        num_samples: slices drawn per volume.
+        slice_dim: spatial axis of the slices (2: axial for RAS volumes).
+        warn: warn when a class is absent from a volume.
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: ``slice_dim`` not 0, 1 or 2.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str,
+        num_classes: int,
+        ratios: Sequence[float] | None = None,
+        num_samples: int = 1,
+        slice_dim: int = 2,
+        warn: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        if isinstance(slice_dim, bool) or slice_dim not in (0, 1, 2):
+            raise ValueError(f"slice_dim must be a spatial axis of a (C, H, W, D) volume: 0, 1 or 2, got {slice_dim}.")
+        window = [-1, -1, -1]
+        window[slice_dim] = 1
+        super().__init__(
+            keys, label_key, spatial_size=window, ratios=None if ratios is None else list(ratios),
+            num_classes=int(num_classes), num_samples=int(num_samples), warn=warn,
+            allow_missing_keys=allow_missing_keys,
+        )
+        self.slice_dim = int(slice_dim)
+        self.squeeze = SqueezeDim(dim=self.slice_dim + 1)
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> list[dict[Hashable, Any]]:
+        samples = super().__call__(data, lazy=False)
+        for sample in samples:
+            for key in self.key_iterator(sample):
+                sample[key] = self.squeeze(sample[key])
+        return samples

@@ -11,7 +11,11 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
+
+try:  # module level, so that TorchScript compiles it into the scripted network
+    from timm.layers import resample_abs_pos_embed
+except ImportError:  # runtimes that only run exported TorchScript (the MONAI Deploy environment) have no timm
+    resample_abs_pos_embed = None
 
 __all__ = [
     "create_timm_model",
