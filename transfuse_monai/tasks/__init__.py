@@ -18,6 +18,7 @@ from transfuse_monai.tasks.base import (
 # one line per task: importing the module registers it
 from transfuse_monai.tasks.polyp import PRANET_TEST_SETS, PolypTask
 from transfuse_monai.tasks.isic2017 import ISIC2017_SPLITS, ISIC2017Task
+from transfuse_monai.tasks.hip import HIP_CLASSES, HipTask
 from transfuse_monai.tasks.prostate import MSD_TASK, NUM_FOLDS, ProstateTask
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "PolypTask",
     "ISIC2017_SPLITS",
     "ISIC2017Task",
+    "HIP_CLASSES",
+    "HipTask",
     "MSD_TASK",
     "NUM_FOLDS",
     "ProstateTask",
