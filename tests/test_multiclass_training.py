@@ -16,14 +16,6 @@ SIZE = 64
 ITERATIONS = 12
 
 
-@pytest.fixture()
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 def _make_data(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Grey ``SIZE``-square images with a bright disc (class 1) on the left and a mid-grey square (class 2) on the
     right, random sizes and positions, Gaussian noise; labels are class-index maps ``(n, 1, SIZE, SIZE)``."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transfuse_monai.handlers.metrics_report import _name_of
 from transfuse_monai.utils import atomic_path, atomic_write_json
 
 __all__ = ["SecondsPerVolume"]
@@ -92,8 +93,6 @@ class SecondsPerVolume:
         self._sync(engine)
         elapsed = time.perf_counter() - self._start
         self._start = None
-        from transfuse_monai.handlers.metrics_report import _name_of
-
         batch, output = engine.state.batch, engine.state.output
         if isinstance(output, Mapping):
             batch, output = [batch], [output]

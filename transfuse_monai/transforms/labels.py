@@ -83,11 +83,8 @@ class ClassIndexd(MapTransform):
                 f"'{key}'{_source(mask)} holds value(s) {shown} that are not among the {self.num_classes} classes' "
                 f"mask values {list(allowed)}."
             )
-        out = mask.float()
-        if self.values is not None:
-            out = torch.zeros_like(mask, dtype=torch.float32)
+        out = mask.float()  # keeps a MetaTensor's metadata
+        if self.values is not None:  # every value is known to be one of self.values (checked above)
             for index, value in enumerate(self.values):
                 out[mask == value] = float(index)
-            if hasattr(mask, "copy_meta_from") and hasattr(out, "copy_meta_from"):
-                out.copy_meta_from(mask)
         return out
