@@ -260,3 +260,54 @@ def test_monai_label_infers_a_label_volume_on_the_input_grid(trained, tmp_path):
     assert label.shape == source.shape[:3], (label.shape, source.shape)
     np.testing.assert_allclose(label.affine, source.affine, atol=1e-4)
     assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1, 2}
+
+
+def test_largest_component_keeps_one_component_per_zone(trained, tmp_path, monkeypatch, single_thread):
+    """``--largest_component true`` keeps, per zone, the largest 3D connected component of the plain prediction (full
+    connectivity, as MONAI's ``KeepLargestConnectedComponentd``), and nothing else changes."""
+    from monai.bundle import run
+    from scipy import ndimage
+
+    image = get_task("prostate").datalist(trained["data"], "test")[0]["image"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(image, folder)
+    monkeypatch.chdir(REPO)  # `python -m monai.bundle run --config_file .../inference.json`, in-process
+    outputs = {}
+    for flag in (False, True):
+        out = tmp_path / f"lcc_{flag}"
+        run("run", config_file=str(CONFIGS / "inference.json"), input_dir=str(folder), image_size=[32, 32],
+            num_workers=0, ckpt_dir=str(trained["ckpt"]), output_dir=str(out), largest_component=flag)
+        outputs[flag] = np.asarray(nib.load(out / Path(image).name).dataobj)
+    plain, kept = outputs[False], outputs[True]
+    assert (plain > 0).any(), "the trained model predicts no zone at all: nothing to check"
+    structure = np.ones((3, 3, 3), bool)
+    expected = np.zeros_like(plain)
+    for zone in (1, 2):
+        components, n = ndimage.label(plain == zone, structure=structure)
+        if n:
+            sizes = np.bincount(components.ravel())[1:]
+            expected[components == 1 + int(np.argmax(sizes))] = zone
+        assert ndimage.label(kept == zone, structure=structure)[1] <= 1, f"zone {zone}: more than one component"
+    np.testing.assert_array_equal(kept, expected)
+
+
+def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(work, tmp_path):
+    """The multi-GPU config (``torchrun`` + ``multi_gpu_train.json``) trains one fold with 2 processes (gloo on CPU):
+    the slices are shared between the ranks and the saved weights carry no DDP prefix."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29659",
+        "-m", "monai.bundle", "run", "training", "--config_file",
+        f"['{TRAIN_JSON}','bundles/prostate/configs/multi_gpu_train.json']",
+        "--dataset_dir", str(work["data"]), *TRAIN,
+        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "DDP wrapper must not leak into the saved weights"
+    assert state["head_final.1.conv.weight"].shape[0] == 3
+    last = torch.load(tmp_path / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    n_train = len(get_task("prostate").datalist(work["data"], "train", fold=0))
+    per_rank = math.ceil(n_train / 2)  # DistributedSampler(even_divisible=True)
+    assert last["trainer"]["iteration"] == math.ceil(per_rank / 2), "each rank sees half the volumes, batches of 2"
