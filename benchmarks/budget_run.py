@@ -242,11 +242,19 @@ BUNDLES = {
 
 
 # ------------------------------------------------------------------------------------------------------ overrides
-def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: int, val_metrics) -> dict:
+#: ``--budget-stop``: the trainer event at which the budget is checked. ``iteration``: stop as soon as it is spent
+#: (the iterations since the last validation are then never validated); ``validation``: stop at the first validation
+#: after it is spent (every trained iteration counts; overshoots by up to one validation period, --val-every)
+STOP_EVENTS = {"iteration": "ITERATION_COMPLETED", "validation": "EPOCH_COMPLETED"}
+
+
+def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: int, val_metrics,
+                    stop_at: str = "iteration") -> dict:
     """Training-only override: budget stop, validation frequency, CPU accounting, metric history, state report."""
     on = f"{ref('trainer')}.add_event_handler"
-    stop = (f"${on}(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=@budget_limit_sec))" if clock == "wall" else
-            f"${on}(Events.ITERATION_COMPLETED, lambda e: e.terminate() "
+    event = STOP_EVENTS[stop_at]
+    stop = (f"${on}(Events.{event}, TimeLimit(limit_sec=@budget_limit_sec))" if clock == "wall" else
+            f"${on}(Events.{event}, lambda e: e.terminate() "
             "if time.process_time() - e.state.budget_cpu_start > @budget_cpu_limit_sec else None)")
     history = "{%s}" % ", ".join(f"{m!r}: [[int(i), float(v)] for i, v in @budget_metric_logger.metrics.get({m!r}, [])]"
                                  for m in val_metrics)
@@ -262,6 +270,13 @@ def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: i
         "best_val_round": f"{ref('evaluator')}.state.best_metric_epoch", "val_history": history,
         "loss_first": "[float(l) for _, l in @budget_metric_logger.loss[:10]]",
         "loss_last": "[float(l) for _, l in @budget_metric_logger.loss[-10:]]",
+        # training-loop accounting (GPU run kit): data wait (next() on the loader) and iteration compute time, the
+        # loss curve (at most ~200 points) and the peak GPU memory of the process
+        "data_wait_seconds": f"getattr({state}, 'budget_data_wait', None)",
+        "iteration_seconds": f"getattr({state}, 'budget_iteration_seconds', None)",
+        "loss_curve": "[[int(i), float(l)] for i, l in @budget_metric_logger.loss"
+                      "[::max(1, len(@budget_metric_logger.loss) // 200)]]",
+        "cuda_peak_mem_mib": "torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None",
     }
     record = "{" + ", ".join(f"{k!r}: {v}" for k, v in fields.items()) + "}"
     override = {
@@ -278,6 +293,7 @@ def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: i
             f"${on}(Events.COMPLETED, "
             "lambda e: setattr(e.state, 'budget_cpu_seconds', time.process_time() - e.state.budget_cpu_start))",
             stop,
+            *loop_timers(on),
         ],
         "+" + ID["finalize"]: [
             f"$pathlib.Path({ref('output_dir')}).mkdir(parents=True, exist_ok=True)",
@@ -287,6 +303,22 @@ def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: i
     if val_every:
         override[ID["trainer"] + "#epoch_length"] = int(val_every)
     return override
+
+
+def loop_timers(on: str) -> list[str]:
+    """Config expressions attaching training-loop timers to the trainer (``on``: its ``add_event_handler``): the data
+    wait (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``, as ``benchmark_training.py`` measures it) and the
+    iteration time (``ITERATION_STARTED`` to ``ITERATION_COMPLETED``), summed over the run in the trainer's state."""
+    def add(field: str, start: str) -> str:
+        return (f"lambda e: setattr(e.state, {field!r}, getattr(e.state, {field!r}, 0.0) + time.perf_counter() "
+                f"- e.state.{start})")
+
+    return [
+        f"${on}(Events.GET_BATCH_STARTED, lambda e: setattr(e.state, 'budget_batch_t0', time.perf_counter()))",
+        f"${on}(Events.GET_BATCH_COMPLETED, {add('budget_data_wait', 'budget_batch_t0')})",
+        f"${on}(Events.ITERATION_STARTED, lambda e: setattr(e.state, 'budget_iter_t0', time.perf_counter()))",
+        f"${on}(Events.ITERATION_COMPLETED, {add('budget_iteration_seconds', 'budget_iter_t0')})",
+    ]
 
 
 def _torch_threads() -> int:
@@ -304,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="input size H W (or one value for a square), multiples of 32 (default: polyp 128, "
                         "isic2017 96 128; the paper: 352 and 192 256)")
     parser.add_argument("--budget-min", type=float, default=20.0, help="training budget per model (minutes)")
+    parser.add_argument("--budget-stop", default="iteration", choices=list(STOP_EVENTS),
+                        help="iteration: stop as soon as the budget is spent; validation: at the first validation "
+                        "after that (no trained iteration goes unvalidated; overshoots by up to --val-every "
+                        "iterations)")
     parser.add_argument("--budget-clock", default="wall", choices=["wall", "cpu"],
                         help="wall: wall-clock limit (Ignite TimeLimit); cpu: CPU time of the training process, "
                         "budget-min x torch threads CPU-minutes (fair when other work shares the cores)")
@@ -380,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu_limit_sec = limit_sec * threads
     budget_cfg = out / "configs" / "budget.json"
     budget_cfg.write_text(json.dumps(budget_override(limit_sec, args.val_every, args.budget_clock, cpu_limit_sec,
-                                                     spec["val_metrics"]), indent=2) + "\n")
+                                                     spec["val_metrics"], args.budget_stop), indent=2) + "\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     common = [*flag("dataset_dir", rel(data)), *flag("image_size", "[" + ",".join(map(str, args.size)) + "]"),
               *flag("pretrained", "false"), *flag("num_workers", args.num_workers), *flag("seed", args.seed)]
