@@ -182,6 +182,11 @@ def test_pretrained_goes_through_timm_hub(monkeypatch, tmp_path):
         return real_load(model, {**pretrained_cfg, "file": str(tmp_path / "w.pth"), "custom_load": False}, *args, **kwargs)
 
     monkeypatch.setattr(builder, "load_pretrained", spy)
+    from transfuse_monai.networks.blocks import backbones
+
+    # not cached and the hub "reachable": the path a first online run takes (the offline paths have their own tests)
+    monkeypatch.setattr(backbones._PretrainedSource, "cached_file", lambda self: None)
+    monkeypatch.setattr(backbones._PretrainedSource, "check_reachable", lambda self: None)
     TransFuse(img_size=(64, 64), cnn_name="resnet18", vit_name="vit_tiny_patch16_224", depth=2, pretrained=True)
     archs = sorted(cfg["architecture"] for cfg in calls)
     assert archs == ["resnet18", "vit_tiny_patch16_224"]

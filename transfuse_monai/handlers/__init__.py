@@ -1,6 +1,6 @@
 """Ignite/MONAI handlers of transfuse-monai."""
 
-from transfuse_monai.handlers.checkpoint import ResumableCheckpoint
+from transfuse_monai.handlers.checkpoint import AtomicCheckpointSaver, ResumableCheckpoint
 from transfuse_monai.handlers.gradient_clipping import GradientClipping
 from transfuse_monai.handlers.metrics_report import (
     SegmentationMetricsReport,
@@ -8,16 +8,19 @@ from transfuse_monai.handlers.metrics_report import (
     format_table,
     split_class_metrics,
 )
+from transfuse_monai.handlers.nonfinite import StopOnNonFiniteLoss
 from transfuse_monai.handlers.overlay import OVERLAY_COLORS, OverlayWriter
 from transfuse_monai.handlers.timing import SecondsPerVolume
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "GradientClipping",
     "OVERLAY_COLORS",
     "OverlayWriter",
     "ResumableCheckpoint",
     "SecondsPerVolume",
     "SegmentationMetricsReport",
+    "StopOnNonFiniteLoss",
     "format_class_table",
     "format_table",
     "split_class_metrics",

@@ -33,8 +33,12 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | os.Pat
     Args:
         name: timm model name, e.g. ``"resnet34"`` or ``"deit_small_patch16_224"`` (a pretrained tag such as
             ``"resnet34.tv_in1k"`` selects specific weights).
-        pretrained: load the model's default pretrained weights through timm's normal hub mechanism (Hugging Face
-            hub or download URL, cached under ``$HF_HOME`` / ``$TORCH_HOME``); needs network access the first time.
+        pretrained: load the model's default pretrained weights, as timm does (Hugging Face hub, or a download URL
+            for models without a hub copy), with an offline-first policy: weights already in the local cache
+            (``huggingface_hub``'s ``HF_HUB_CACHE``, by default ``$HF_HOME/hub``; ``$TORCH_HOME/hub/checkpoints``
+            for URL weights) are loaded from there without any network access; otherwise the hub is first probed
+            for a few seconds and, when it cannot be reached (or ``HF_HUB_OFFLINE=1``), a ``RuntimeError`` explains
+            the ways out instead of timm's long retries.
         weights: path of a local checkpoint of the full timm (or torchvision / DeiT) classification model, for
             offline use. It goes through timm's own checkpoint filtering, so position embeddings are resampled to
             ``img_size`` and the first convolution adapted to ``in_chans`` exactly as for hub weights. PyTorch
@@ -43,6 +47,7 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | os.Pat
 
     Raises:
         FileNotFoundError: ``weights`` is given but is not a file.
+        RuntimeError: ``pretrained`` weights are neither cached locally nor downloadable (no network access).
     """
     import timm
 
@@ -53,7 +58,110 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | os.Pat
         # a .npz file is an original JAX/Flax ViT release (timm's custom loader); anything else a torch state dict
         overlay = {"file": path, "custom_load": path.endswith(".npz")}
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    source = None
+    if pretrained and not {"pretrained_cfg", "pretrained_cfg_overlay"} & set(kwargs):
+        source = _PretrainedSource.find(name)
+    if source is not None:
+        cached = source.cached_file()
+        if cached is not None:  # load the cached file directly: no hub request at all
+            overlay = {"file": cached, "custom_load": source.custom_load}
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        source.check_reachable()
     return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+class _PretrainedSource:
+    """Where timm takes a model's default pretrained weights from, and where they are cached locally.
+
+    Follows timm's own choice (``timm.models._builder._resolve_pretrained_source``): the Hugging Face hub when the
+    pretrained config has a ``hf_hub_id`` and ``huggingface_hub`` is installed, else the config's download URL.
+    """
+
+    #: seconds to wait for the hub before declaring it unreachable
+    probe_timeout = 3.0
+
+    @classmethod
+    def find(cls, name: str) -> _PretrainedSource | None:
+        """The source of ``name``'s default weights; ``None`` where timm's own handling is left alone (names with a
+        source prefix such as ``"hf-hub:"``, models without a pretrained config or without downloadable weights)."""
+        from timm.models import get_pretrained_cfg
+
+        if ":" in name:
+            return None
+        cfg = get_pretrained_cfg(name)
+        if cfg is None or not (cfg.hf_hub_id or cfg.url) or cfg.source not in (None, "", "timm"):
+            return None
+        return cls(name, cfg)
+
+    def __init__(self, name: str, cfg) -> None:
+        self.name = name
+        self.tagged_name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else str(cfg.architecture)
+        self.hub_id = None
+        try:
+            from huggingface_hub import constants as hf_constants
+        except ImportError:
+            hf_constants = None
+        if cfg.hf_hub_id and hf_constants is not None:
+            hub_id, _, revision = cfg.hf_hub_id.partition("@")
+            self.hub_id, self.revision = hub_id, revision or None
+            # timm asks for the safetensors file first, then the PyTorch one (timm.models._hub.load_state_dict_from_hf)
+            default_files = ["model.safetensors", "pytorch_model.bin"]
+            self.filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else default_files
+            self.cache_dir = str(hf_constants.HF_HUB_CACHE)
+            self.endpoint = str(hf_constants.ENDPOINT)
+            self.offline = bool(hf_constants.HF_HUB_OFFLINE)
+            self.custom_load = False  # hub files are state dicts
+        else:
+            self.url = str(cfg.url)
+            self.cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+            self.endpoint = self.url
+            self.offline = False
+            self.custom_load = bool(cfg.custom_load)
+
+    def describe(self) -> str:
+        if self.hub_id is not None:
+            files = " or ".join(self.filenames)
+            return f"Hugging Face hub repository '{self.hub_id}' ({files}, timm model '{self.tagged_name}')"
+        return f"'{self.url}' (timm model '{self.tagged_name}')"
+
+    def cached_file(self) -> str | None:
+        """The locally cached weight file, or ``None``."""
+        if self.hub_id is None:
+            path = os.path.join(self.cache_dir, os.path.basename(self.url))
+            return path if os.path.isfile(path) else None
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in self.filenames:
+            path = try_to_load_from_cache(self.hub_id, filename, cache_dir=self.cache_dir, revision=self.revision)
+            if isinstance(path, str) and os.path.isfile(path):
+                return path
+        return None
+
+    def check_reachable(self) -> None:
+        """Raise the ``RuntimeError`` with the ways out unless the download server answers within a few seconds."""
+        import urllib.error
+        import urllib.request
+
+        if self.offline:
+            reason = "HF_HUB_OFFLINE is set"
+        else:
+            try:  # any HTTP answer, even an error status, proves the server reachable (proxy variables honoured)
+                request = urllib.request.Request(self.endpoint, method="HEAD")
+                with urllib.request.urlopen(request, timeout=self.probe_timeout):
+                    return
+            except urllib.error.HTTPError as err:
+                err.close()
+                return
+            except (OSError, ValueError) as err:  # URLError, timeouts, refused connections, malformed endpoint
+                reason = f"{self.endpoint} cannot be reached ({getattr(err, 'reason', err)})"
+        raise RuntimeError(
+            f"Pretrained weights of '{self.name}' are needed from the {self.describe()}, but they are not in the "
+            f"local cache ({self.cache_dir}) and {reason}. Either train without them: --pretrained false; or give "
+            "local weight files of the backbones: --cnn_weights <file> and/or --vit_weights <file> (state dicts of "
+            "the timm classification models, e.g. their model.safetensors); or fill the cache on a machine with "
+            f"network access (python -c \"import timm; timm.create_model('{self.tagged_name}', pretrained=True)\") "
+            "and copy it here (HF_HOME / HF_HUB_CACHE choose its location)."
+        )
 
 
 def select_feature_indices(name: str, reductions: Sequence[int] = (4, 8, 16)) -> list[int]:
