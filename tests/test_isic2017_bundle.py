@@ -136,7 +136,7 @@ def test_inference_masks_match_inputs_and_evaluation(trained):
         "--output_dir", str(trained["pred"]),
     )
     inputs = sorted(images.glob("ISIC_???????.jpg"))
-    outputs = sorted(trained["pred"].iterdir())
+    outputs = sorted(p for p in trained["pred"].iterdir() if p.name != "inference_report.json")
     assert [p.name for p in outputs] == [f"{p.stem}.png" for p in inputs], "superpixel maps must not be segmented"
     rows = {r["name"]: r for r in read_csv(trained["out"] / "isic2017_original_res_per_image.csv")}
     for src, mask_path, (h, w) in zip(inputs, outputs, TEST_SIZES):

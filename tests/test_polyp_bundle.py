@@ -135,7 +135,9 @@ def test_inference_masks_match_input_sizes(trained):
         "--output_dir", str(trained["pred"]),
     )
     inputs = sorted(images.iterdir())
-    outputs = sorted(trained["pred"].iterdir())
+    report = json.loads((trained["pred"] / "inference_report.json").read_text())
+    assert len(report["processed"]) == len(inputs) and report["skipped"] == []
+    outputs = sorted(p for p in trained["pred"].iterdir() if p.name != "inference_report.json")
     assert [p.stem for p in outputs] == [p.stem for p in inputs]
     assert all(p.suffix == ".png" for p in outputs), "no temporary or partial files may remain"
     for src, mask in zip(inputs, outputs):

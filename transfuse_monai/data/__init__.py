@@ -1,6 +1,8 @@
-"""Generic data utilities: datalists of image/mask pairs (pairing, validation, splits, inference lists), drawing
-primitives of generated samples, atomic image writers. Dataset layouts live in :mod:`transfuse_monai.tasks`."""
+"""Generic data utilities: datalists of image/mask pairs (pairing, validation, splits, inference lists), start-up
+checks of input files, drawing primitives of generated samples, atomic image writers. Dataset layouts live in
+:mod:`transfuse_monai.tasks`."""
 
+from .checks import REPORT_NAME, InferenceInputs, PictureCheck, check_picture, mask_value_problem
 from .datalists import (
     IMAGE_EXTENSIONS,
     build_image_mask_datalist,
@@ -14,6 +16,11 @@ from .synthetic import draw_blob_sample, resolve_sizes, save_image_pair
 from .writers import AtomicNibabelWriter, AtomicPILWriter
 
 __all__ = [
+    "InferenceInputs",
+    "PictureCheck",
+    "REPORT_NAME",
+    "check_picture",
+    "mask_value_problem",
     "AtomicNibabelWriter",
     "AtomicPILWriter",
     "IMAGE_EXTENSIONS",

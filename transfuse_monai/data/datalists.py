@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from PIL import Image
+from .checks import check_picture
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -85,10 +86,17 @@ def _raise_problems(problems: list[str], context: str) -> None:
 
 
 def _collect_problems(
-    datalist: Sequence[Mapping], check_sizes: bool, image_key: str, label_key: str
+    datalist: Sequence[Mapping],
+    check_sizes: bool,
+    image_key: str,
+    label_key: str,
+    channels: int | None = None,
+    num_classes: int | None = None,
 ) -> list[str]:
-    """Check every datalist entry's files and return human-readable problem descriptions."""
+    """Check every datalist entry's files with :func:`~transfuse_monai.data.checks.check_picture` and return
+    human-readable problem descriptions; empty masks are not problems but one ``UserWarning`` lists them."""
     problems: list[str] = []
+    empty: list[str] = []
     for idx, item in enumerate(datalist):
         image = item.get(image_key) if isinstance(item, Mapping) else None
         if not image:
@@ -96,33 +104,29 @@ def _collect_problems(
             continue
         image_name = os.path.basename(os.fspath(image))
         label = item.get(label_key)
-        sizes: dict[str, tuple[int, int]] = {}
-        checks = [(image_key, image)] + ([(label_key, label)] if label else [])
         if not label:
             problems.append(f"missing mask for image '{image_name}' ({image})")
-        for key, path in checks:
-            kind = "image" if key == image_key else "mask"
-            path = os.fspath(path)
-            name = os.path.basename(path)
-            if not os.path.isfile(path):
-                problems.append(f"{kind} file not found: '{name}' ({path})")
-                continue
-            try:
-                # Opening only parses the header; ``verify`` checks the file
-                # structure (e.g. PNG chunk CRCs) without decoding pixel data.
-                with Image.open(path) as img:
-                    size = img.size
-                    img.verify()
-            except Exception as err:  # noqa: BLE001 - PIL raises many exception types for bad files
-                problems.append(f"unreadable or corrupt {kind} file '{name}' ({path}): {type(err).__name__}: {err}")
-                continue
-            sizes[key] = size
-        if check_sizes and image_key in sizes and label_key in sizes and sizes[image_key] != sizes[label_key]:
-            (iw, ih), (mw, mh) = sizes[image_key], sizes[label_key]
+        image_check = check_picture(image, "image", channels=channels)
+        problems += image_check.problems
+        if not label:
+            continue
+        mask_check = check_picture(label, "mask", num_classes=num_classes)
+        problems += mask_check.problems
+        if mask_check.empty:
+            empty.append(os.fspath(label))
+        if check_sizes and image_check.size and mask_check.size and image_check.size != mask_check.size:
+            (iw, ih), (mw, mh) = image_check.size, mask_check.size
             problems.append(
                 f"size mismatch for '{image_name}': image is {iw}x{ih} (WxH) but mask "
                 f"'{os.path.basename(os.fspath(label))}' is {mw}x{mh}"
             )
+    if empty:
+        warnings.warn(
+            f"{len(empty)} mask(s) hold background only (legitimate for frames without the object; check them if "
+            f"unexpected): {', '.join(empty)}",
+            UserWarning,
+            stacklevel=3,
+        )
     return problems
 
 
@@ -134,30 +138,39 @@ def validate_datalist(
     check_sizes: bool = True,
     image_key: str = "image",
     label_key: str = "label",
+    channels: int | None = None,
+    num_classes: int | None = None,
 ) -> list[dict]:
-    """Check that every image / mask of a datalist exists, is readable and matches in size.
+    """Check that every image / mask of a datalist exists, decodes, fits the task and matches in size.
 
-    Only file headers are parsed (plus PIL's cheap structural ``verify``); pixel
-    data is not decoded, so validating thousands of files takes seconds.
+    Each 2D file is decoded once (:func:`~transfuse_monai.data.checks.check_picture`), so a corrupt or truncated
+    file is reported here, by name, rather than failing inside a transform during training.
 
     Args:
         datalist: list of ``{"image": path, "label": path, ...}`` dicts.
         check_sizes: also require the image and mask to have the same width and height.
         image_key: key of the image path in each item.
         label_key: key of the mask path in each item.
+        channels: the network's input channels: images whose pixel format the loading transforms cannot turn into
+            them are reported (grey-scale is repeated to RGB and an alpha channel dropped: both are fine);
+            ``None`` skips the check.
+        num_classes: the task's classes (background included): masks with other values are reported (binary: 0/1
+            or 0/255); ``None`` skips the check.
 
     Returns:
         ``datalist`` as a list (unchanged), so the call can be chained in bundle configs.
 
     Raises:
-        ValueError: if the datalist is empty, or -- in a single exception listing
-            every offending file by name -- if any mask is missing, any file is
-            missing / unreadable / corrupt, or an image and its mask differ in size.
+        ValueError: if the datalist is empty, or -- in a single exception listing every offending file by name and
+            reason -- if any mask is missing, any file is missing / unreadable / corrupt / truncated / multi-frame,
+            an image has a pixel format or a mask values that do not fit, or an image and its mask differ in size.
+            Masks holding background only are not errors: one ``UserWarning`` lists them.
     """
     datalist = list(datalist)
     if not datalist:
         raise ValueError("Datalist is empty: no image/mask pairs to validate.")
-    _raise_problems(_collect_problems(datalist, check_sizes, image_key, label_key), "Invalid datalist")
+    problems = _collect_problems(datalist, check_sizes, image_key, label_key, channels, num_classes)
+    _raise_problems(problems, "Invalid datalist")
     return datalist
 
 
@@ -168,6 +181,8 @@ def build_image_mask_datalist(
     exclude_suffixes: Sequence[str] = (),
     validate: bool = True,
     check_sizes: bool = True,
+    channels: int | None = None,
+    num_classes: int | None = None,
 ) -> list[dict]:
     """Pair every image of ``images_dir`` with the mask of ``masks_dir`` sharing its stem.
 
@@ -177,7 +192,7 @@ def build_image_mask_datalist(
 
     Pairing problems (image without mask, mask without image, several files with
     the same stem) are detected without opening any file and are always
-    reported; ``validate`` additionally opens every file (see
+    reported; ``validate`` additionally decodes every file (see
     :func:`validate_datalist`). All problems are raised together in one
     :class:`ValueError`.
 
@@ -188,8 +203,10 @@ def build_image_mask_datalist(
             e.g. ``"_segmentation"`` for ISIC 2017 ground truth.
         exclude_suffixes: image stems ending with any of these are skipped,
             e.g. ``("_superpixels",)``.
-        validate: open every image / mask header and check readability and sizes.
+        validate: decode every image / mask and check it (see :func:`validate_datalist`).
         check_sizes: when validating, require matching image / mask sizes.
+        channels: when validating, the network's input channels (see :func:`validate_datalist`).
+        num_classes: when validating, the task's number of classes (see :func:`validate_datalist`).
 
     Returns:
         List of ``{"image": str, "label": str, "name": str}`` sorted by ``name``.
@@ -238,7 +255,7 @@ def build_image_mask_datalist(
                 problems.append(f"mask without image: '{name}' (no matching image in '{images_path}')")
 
     if validate:
-        problems += _collect_problems(datalist, check_sizes, "image", "label")
+        problems += _collect_problems(datalist, check_sizes, "image", "label", channels, num_classes)
     _raise_problems(problems, f"Invalid image/mask folders '{images_path}' / '{masks_path}'")
     return datalist
 

@@ -10,11 +10,13 @@ from transfuse_monai.handlers.metrics_report import (
 )
 from transfuse_monai.handlers.nonfinite import StopOnNonFiniteLoss
 from transfuse_monai.handlers.overlay import OVERLAY_COLORS, OverlayWriter
+from transfuse_monai.handlers.report import InferenceReport
 from transfuse_monai.handlers.timing import SecondsPerVolume
 
 __all__ = [
     "AtomicCheckpointSaver",
     "GradientClipping",
+    "InferenceReport",
     "OVERLAY_COLORS",
     "OverlayWriter",
     "ResumableCheckpoint",

@@ -69,6 +69,8 @@ class SegmentationTask:
             spacing) or ``"px"`` (photographs and endoscopy frames, which have none).
         demo_sample: keyword arguments of :meth:`make_sample` for the demo sample that :meth:`resolve_dataset`
             generates when no dataset is found.
+        output_ext: extension of the files the bundle's inference writes (``".png"``, ``".nii.gz"``), used to find
+            the inputs whose output already exists (:class:`~transfuse_monai.data.InferenceInputs`).
     """
 
     name: ClassVar[str] = ""
@@ -82,6 +84,7 @@ class SegmentationTask:
     demo_epochs: ClassVar[int] = 2
     distance_unit: ClassVar[str] = "mm"
     demo_sample: ClassVar[dict] = {}
+    output_ext: ClassVar[str] = ".png"
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -146,6 +149,16 @@ class SegmentationTask:
     def make_sample(self, root: str | os.PathLike, *, seed: int = 0, **kwargs) -> str:
         """Write a small generated dataset in this task's layout to ``root``; returns ``str(root)``."""
         raise NotImplementedError
+
+    def input_problems(self, path: str | os.PathLike) -> list[str]:
+        """Why the inference input ``path`` cannot be segmented (an empty list when it can), from one read of the
+        file: inference skips such inputs and lists them in its report instead of failing inside a DataLoader worker.
+
+        The default decodes a 2D picture (:func:`~transfuse_monai.data.checks.check_picture` with the network's
+        input channels); tasks reading other formats override it."""
+        from transfuse_monai.data.checks import check_picture
+
+        return check_picture(path, "image", channels=self.in_channels).problems
 
     # -------------------------------------------------------------------------------------------- shared
 

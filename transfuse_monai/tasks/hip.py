@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,8 @@ def read_radiograph(
 
 
 def probe_radiograph(path: str | os.PathLike) -> tuple[tuple[int, int], tuple[float, float] | None, str]:
-    """``((H, W), spacing or None, spacing source)`` of a file, decoding as little as the format allows (PNG / JPEG
-    headers are parsed and structurally verified; DICOM and NIfTI pixel data are decoded, to catch broken files).
+    """``((H, W), spacing or None, spacing source)`` of a file, its pixel data decoded once to catch broken and
+    truncated files (a 2D picture is small; PNG / JPEG are decoded without the grey conversion).
 
     Raises:
         ValueError: the file is not a readable 2D radiograph (named in the message).
@@ -237,10 +238,12 @@ def probe_radiograph(path: str | os.PathLike) -> tuple[tuple[int, int], tuple[fl
     if _kind(path) == "raster":
         try:
             with Image.open(path) as pic:
-                size = pic.size
-                pic.verify()
+                size, frames = pic.size, int(getattr(pic, "n_frames", 1) or 1)
+                pic.load()  # full decode: a truncated JPEG fails here, not in a DataLoader worker
         except Exception as err:  # noqa: BLE001
             raise ValueError(f"unreadable or corrupt file '{path}': {type(err).__name__}: {err}") from err
+        if frames > 1:
+            raise ValueError(f"'{path}' holds {frames} frames (a 3D or multi-page file): a 2D radiograph is expected")
         return (size[1], size[0]), None, ""
     array, info = read_radiograph(path, label=True)
     return (int(array.shape[0]), int(array.shape[1])), info["spacing"], info["spacing_source"]
@@ -727,8 +730,18 @@ class HipTask(SegmentationTask):
             raise ValueError(f"hip datalist '{path}', split '{split}': found {len(problems)} problem(s):\n{lines}")
         return items
 
+    def input_problems(self, path: str | os.PathLike) -> list[str]:
+        """Why the inference input ``path`` cannot be segmented (empty when it can): a file this task does not
+        read, or one that does not decode to a 2D radiograph (:func:`probe_radiograph`)."""
+        try:
+            probe_radiograph(path)
+        except (FileNotFoundError, ValueError) as err:
+            return [str(err)]
+        return []
+
     def _check(self, items: Sequence[Mapping], require_spacing: bool) -> list[str]:
         problems: list[str] = []
+        empty: list[str] = []
         allowed = set(range(self.num_classes))
         for item in items:
             image, label = item["image"], item["label"]
@@ -748,6 +761,8 @@ class HipTask(SegmentationTask):
                 problems.append(f"label: {err}")
                 continue
             found = sorted(np.unique(values).tolist())
+            if found == [0]:
+                empty.append(str(label))
             bad = [v for v in found if v not in allowed]
             if bad:
                 problems.append(
@@ -759,6 +774,12 @@ class HipTask(SegmentationTask):
                     f"size mismatch: image '{image}' is {shape[0]}x{shape[1]} (HxW) but label '{label}' is "
                     f"{values.shape[0]}x{values.shape[1]}"
                 )
+        if empty:
+            warnings.warn(
+                f"{len(empty)} label(s) hold background only (check them if unexpected): {', '.join(empty)}",
+                UserWarning,
+                stacklevel=3,
+            )
         return problems
 
     def make_sample(

@@ -74,7 +74,7 @@ class ISIC2017Task(SegmentationTask):
         if (root / data_name).is_dir():
             return build_image_mask_datalist(
                 root / data_name, root / gt_name, mask_suffix=_MASK_SUFFIX, exclude_suffixes=EXCLUDE_SUFFIXES,
-                validate=validate,
+                validate=validate, channels=self.in_channels, num_classes=self.num_classes,
             )
         plain = root / split
         if not plain.is_dir():
@@ -91,7 +91,7 @@ class ISIC2017Task(SegmentationTask):
                 mask_suffix = _MASK_SUFFIX
         return build_image_mask_datalist(
             plain / "images", masks_dir, mask_suffix=mask_suffix, exclude_suffixes=EXCLUDE_SUFFIXES,
-            validate=validate,
+            validate=validate, channels=self.in_channels, num_classes=self.num_classes,
         )
 
     def make_sample(

@@ -65,7 +65,10 @@ class PolypTask(SegmentationTask):
         """The datalist of one sub-folder holding ``images`` and ``masks`` (``"TrainDataset"``,
         ``"TestDataset/Kvasir"``)."""
         folder = Path(os.path.abspath(os.path.expanduser(os.fspath(root)))) / subset
-        return build_image_mask_datalist(folder / "images", folder / "masks", validate=validate)
+        return build_image_mask_datalist(
+            folder / "images", folder / "masks", validate=validate, channels=self.in_channels,
+            num_classes=self.num_classes,
+        )
 
     def test_datalists(
         self, root: str | os.PathLike, sets: Sequence[str] | str | None = PRANET_TEST_SETS, validate: bool = True

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class ProstateTask(SegmentationTask):
     demo_image_size = (64, 64)
     demo_epochs = 2
     demo_sample = {"n_train": 8, "n_test": 2, "size": (60, 72, 8)}
+    output_ext = ".nii.gz"
 
     def __init__(self, modalities: Sequence[int] = (0, 1), download: bool = False, fold_seed: int = 0) -> None:
         self.modalities = _check_modalities(modalities, len(self.all_channel_names))
@@ -339,7 +341,7 @@ class ProstateTask(SegmentationTask):
         Checked: files exist and are readable NIfTI; an image is 4D with the channels in the last axis and enough
         of them for ``modalities`` (a 3D image only when ``modalities`` is ``[0]``); a label is 3D, has the image's
         shape and affine (within 1e-3) and holds values in ``{0, 1, 2}`` only (the one check that reads voxels, of
-        the labels only).
+        the labels only). Labels holding background only are not errors: one ``UserWarning`` lists them.
 
         Returns:
             ``datalist`` as a list, unchanged.
@@ -347,37 +349,58 @@ class ProstateTask(SegmentationTask):
         Raises:
             ValueError: one error listing every problem, each naming its file.
         """
-        import nibabel as nib
-
         problems: list[str] = []
-        need = max(self.modalities) + 1
+        empty: list[str] = []
         for item in datalist:
-            image = os.fspath(item["image"])
-            headers = {}
-            for kind, path in (("image", image), ("label", item.get("label"))):
-                if kind == "label" and not labelled:
-                    continue
-                if not path:
-                    problems.append(f"no label file given for image '{os.path.basename(image)}'")
-                    continue
-                path = os.fspath(path)
-                name = os.path.basename(path)
-                if not os.path.isfile(path):
-                    problems.append(f"{kind} file not found: '{name}' ({path})")
-                    continue
-                try:
-                    headers[kind] = nib.load(path)
-                    headers[kind].header.get_data_shape()
-                except Exception as err:  # noqa: BLE001 - nibabel raises many exception types for bad files
-                    problems.append(f"unreadable {kind} file '{name}' ({path}): {type(err).__name__}: {err}")
-            if "image" in headers:
-                problems += self._image_problems(headers["image"], image, need)
-            if "label" in headers:
-                problems += self._label_problems(headers["label"], headers.get("image"), os.fspath(item["label"]))
+            problems += self._item_problems(item, labelled, empty)
+        if empty:
+            warnings.warn(
+                f"{len(empty)} label volume(s) hold background only (check them if unexpected): {', '.join(empty)}",
+                UserWarning,
+                stacklevel=2,
+            )
         if problems:
             lines = "\n".join(f"  - {p}" for p in problems)
             raise ValueError(f"{context}: found {len(problems)} problem(s):\n{lines}")
         return list(datalist)
+
+    def input_problems(self, path: str | os.PathLike) -> list[str]:
+        """Why the inference input ``path`` cannot be segmented (empty when it can): the checks of
+        :meth:`check_datalist` on the NIfTI header (the volume itself is decoded once, by the run)."""
+        return self._item_problems({"image": os.fspath(path)}, labelled=False, empty=[])
+
+    def _item_problems(self, item: Mapping, labelled: bool, empty: list[str]) -> list[str]:
+        import nibabel as nib
+
+        problems: list[str] = []
+        need = max(self.modalities) + 1
+        image = os.fspath(item["image"])
+        headers = {}
+        for kind, path in (("image", image), ("label", item.get("label"))):
+            if kind == "label" and not labelled:
+                continue
+            if not path:
+                problems.append(f"no label file given for image '{os.path.basename(image)}'")
+                continue
+            path = os.fspath(path)
+            name = os.path.basename(path)
+            if not os.path.isfile(path):
+                problems.append(f"{kind} file not found: '{name}' ({path})")
+                continue
+            try:
+                headers[kind] = nib.load(path)
+                headers[kind].header.get_data_shape()
+            except Exception as err:  # noqa: BLE001 - nibabel raises many exception types for bad files
+                problems.append(f"unreadable {kind} file '{name}' ({path}): {type(err).__name__}: {err}")
+        if "image" in headers:
+            problems += self._image_problems(headers["image"], image, need)
+        if "label" in headers:
+            label_problems, is_empty = self._label_problems(headers["label"], headers.get("image"),
+                                                            os.fspath(item["label"]))
+            problems += label_problems
+            if is_empty:
+                empty.append(os.fspath(item["label"]))
+        return problems
 
     def _image_problems(self, img, path: str, need: int) -> list[str]:
         name, shape = os.path.basename(path), tuple(img.shape)
@@ -399,11 +422,12 @@ class ProstateTask(SegmentationTask):
         return []
 
     @staticmethod
-    def _label_problems(lbl, img, path: str) -> list[str]:
+    def _label_problems(lbl, img, path: str) -> tuple[list[str], bool]:
+        """``(problems, whether the label holds background only)``."""
         name, shape = os.path.basename(path), tuple(lbl.shape)
         problems = []
         if len(shape) != 3:
-            return [f"label '{name}' has shape {shape}: expected a 3D volume ({path})"]
+            return [f"label '{name}' has shape {shape}: expected a 3D volume ({path})"], False
         if img is not None and len(img.shape) in (3, 4):
             if tuple(img.shape[:3]) != shape:
                 problems.append(
@@ -419,12 +443,12 @@ class ProstateTask(SegmentationTask):
         try:
             values = np.unique(np.asanyarray(lbl.dataobj))
         except Exception as err:  # noqa: BLE001
-            return problems + [f"unreadable label file '{name}' ({path}): {type(err).__name__}: {err}"]
+            return problems + [f"unreadable label file '{name}' ({path}): {type(err).__name__}: {err}"], False
         unexpected = [v for v in values.tolist() if v not in (0, 1, 2)]
         if unexpected:
             shown = ", ".join(f"{v:g}" for v in unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
             problems.append(f"label '{name}' holds value(s) {shown} outside {{0, 1, 2}} (background, PZ, TZ) ({path})")
-        return problems
+        return problems, bool(values.size) and not values.any()
 
     # ------------------------------------------------------------------------------------------ sample
 

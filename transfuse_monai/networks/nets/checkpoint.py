@@ -11,7 +11,6 @@ dict of :class:`~transfuse_monai.networks.nets.TransFuse` (what the bundles save
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -19,14 +18,10 @@ from pathlib import Path
 
 import torch
 
-from transfuse_monai.networks.blocks.backbones import resample_pos_embed
-
 from .convert import _strip_wrappers, convert_authors_state_dict
-from .transfuse import TransFuse
+from .transfuse import POS_EMBED_KEY, TransFuse
 
 __all__ = ["is_authors_state_dict", "load_transfuse_checkpoint", "resample_pos_embed_in_state_dict"]
-
-_POS_EMBED_KEY = "transformer.pos_embed"
 
 # module names that exist only in the authors' TransFuse_S (ours: cnn., fusion*, decoder*, head_*); ``transformer.``
 # is shared by both, so it does not tell the formats apart
@@ -39,54 +34,13 @@ def is_authors_state_dict(state_dict: Mapping) -> bool:
     return any(str(k).startswith(_AUTHORS_MARKERS) for k in _strip_wrappers(state_dict))
 
 
-def _source_grid(n: int, model_grid: Sequence[int]) -> list[tuple[int, int]]:
-    """Token grids a checkpoint's ``n``-token embedding may have: square, or the model grid's aspect ratio."""
-    candidates = []
-    root = math.isqrt(n)
-    if root * root == n:
-        candidates.append((root, root))
-    g = math.gcd(int(model_grid[0]), int(model_grid[1]))
-    a, b = int(model_grid[0]) // g, int(model_grid[1]) // g
-    if n % (a * b) == 0:
-        scale = math.isqrt(n // (a * b))
-        if scale * scale * a * b == n and (scale * a, scale * b) not in candidates:
-            candidates.append((scale * a, scale * b))
-    return candidates
-
-
 def _resample_state_pos_embed(
     state: dict[str, torch.Tensor], model: TransFuse, source_grid: Sequence[int] | None, source: str
 ) -> dict[str, torch.Tensor]:
-    pos = state.get(_POS_EMBED_KEY)
-    own = model.transformer.pos_embed
-    if not isinstance(pos, torch.Tensor) or pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != own.shape[2]:
-        return state  # absent or of another width: the strict key/shape check reports it
-    target = (int(model.transformer.grid_size[0]), int(model.transformer.grid_size[1]))
-    n = int(pos.shape[1])
-    if source_grid is not None:
-        grid = (int(source_grid[0]), int(source_grid[1]))
-        if grid[0] * grid[1] != n:
-            raise ValueError(
-                f"source_grid {grid} does not hold the {n} tokens of {_POS_EMBED_KEY} {tuple(pos.shape)} in {source}."
-            )
-    elif n == target[0] * target[1]:
-        return state  # the model's own grid
-    else:
-        candidates = _source_grid(n, target)
-        if len(candidates) != 1:
-            if candidates:
-                why = "could be " + " or ".join(f"{h}x{w}" for h, w in candidates)
-            else:
-                why = "is neither square nor of the model's aspect ratio"
-            raise ValueError(
-                f"{source}: the position embedding {_POS_EMBED_KEY} {tuple(pos.shape)} was trained at another input "
-                f"size and its token grid {why}; the model has img_size={model.img_size} (grid {target[0]}x"
-                f"{target[1]}). Pass source_grid=(h, w), the training img_size // 16, or build the network with the "
-                "checkpoint's img_size."
-            )
-        grid = candidates[0]
+    if POS_EMBED_KEY not in state:
+        return state
     out = dict(state)
-    out[_POS_EMBED_KEY] = resample_pos_embed(pos, list(target), list(grid))
+    out[POS_EMBED_KEY] = model.fit_pos_embed(state[POS_EMBED_KEY], source_grid, source)
     return out
 
 
@@ -135,7 +89,7 @@ def _read(path: Path, map_location) -> Mapping:
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
+        if "unsupported global" in str(err).lower():
             raise ValueError(
                 f"'{path}' holds Python objects besides tensors, so it is not loaded (torch.load(weights_only=True) "
                 "refused it). Save the network's state_dict (torch.save(model.state_dict(), path)) and load that."
@@ -172,7 +126,10 @@ def load_transfuse_checkpoint(
       ``{"state_dict": ...}`` (a bundle's ``checkpoint_last.pt`` included) and with ``DataParallel``'s ``module.``
       prefixes; ``model.align_corners`` is left as it is.
     * In both formats a checkpoint trained at another input size loads: its position embedding is resampled to the
-      model's token grid (:func:`resample_pos_embed_in_state_dict`), every other key is checked strictly.
+      model's token grid (:meth:`TransFuse.fit_pos_embed`), every other key is checked strictly. A plain
+      ``model.load_state_dict`` does the same (TransFuse resamples in a load-state-dict pre-hook); this function
+      adds the authors' format, wrappers, an explicit ``source_grid`` and a check that leaves the model untouched
+      when the checkpoint does not fit.
 
     Args:
         model: the network to load into (``TransFuse``; the authors' format needs ``variant="S"``).

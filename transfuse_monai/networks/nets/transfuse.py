@@ -9,6 +9,7 @@ Reference:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.utils import ensure_tuple_rep
 
-from transfuse_monai.networks.blocks.backbones import ViTEncoder, create_cnn_encoder
+from transfuse_monai.networks.blocks.backbones import ViTEncoder, create_cnn_encoder, resample_pos_embed
 from transfuse_monai.networks.blocks.bifusion import BIFUSION_COMPONENTS, BiFusion
 from transfuse_monai.networks.blocks.upsample import AttentionGatedUpBlock, ResidualUpBlock
 
@@ -34,6 +35,8 @@ TRANSFUSE_PRESETS: dict[str, dict] = {
 
 _RELU = ("relu", {"inplace": True})
 PATCH_SIZE = 16
+#: State-dict key of the transformer's position embedding, the only entry whose shape depends on ``img_size``.
+POS_EMBED_KEY = "transformer.pos_embed"
 
 
 def _head(spatial_dims: int, in_channels: int, hidden: int, out_channels: int, reduce_1x1: bool) -> nn.Sequential:
@@ -62,6 +65,10 @@ class TransFuse(nn.Module):
     returns the three stacked as ``(B, 3, out_channels, H, W)`` in that order (final, transformer, deepest fusion),
     MONAI's :class:`~monai.networks.nets.DynUNet` convention; in eval mode it returns the final map
     ``(B, out_channels, H, W)`` only. Outputs are logits.
+
+    Checkpoints are portable across input sizes: ``load_state_dict`` (and so MONAI's ``CheckpointLoader``,
+    ``ckpt_export``, MONAI Label, ...) resamples a ``transformer.pos_embed`` trained at another ``img_size`` to this
+    network's token grid (:meth:`fit_pos_embed`), every other entry is loaded as usual.
 
     Presets (``variant``): ``"S"`` ResNet-34 + DeiT-S (8 blocks), ``"L"`` Res2Net-50 + DeiT-B (10 blocks),
     ``"L*"`` ResNetV2-50 (BiT) + ViT-B/16 (12 blocks). ``cnn_name``, ``vit_name`` and ``depth`` override the preset,
@@ -175,6 +182,72 @@ class TransFuse(nn.Module):
         for module in (self.transformer_up1, self.transformer_up2, self.fusion0, self.fusion1, self.fusion2,
                        self.decoder1, self.decoder2, self.head_final, self.head_transformer, self.head_fusion):
             module.apply(_init_weights)
+        # a checkpoint trained at another input size loads through every consumer of load_state_dict
+        self.register_load_state_dict_pre_hook(_fit_pos_embed_on_load)
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of the stored position embedding: ``img_size // 16``."""
+        return int(self.transformer.grid_size[0]), int(self.transformer.grid_size[1])
+
+    def fit_pos_embed(
+        self, pos_embed: torch.Tensor, source_grid: Sequence[int] | None = None, source: str = "the state dict"
+    ) -> torch.Tensor:
+        """A checkpoint's position embedding resampled to this network's token grid.
+
+        A checkpoint trained at 96x96 (a 6x6 grid, ``(1, 36, 384)``) then loads into a network built for 352x352
+        (``(1, 484, 384)``). The embedding is resampled as the network itself does for inputs of another size
+        (:func:`~transfuse_monai.networks.blocks.backbones.resample_pos_embed`, bicubic), so the loaded network
+        computes what the original one computes at the new size.
+
+        Args:
+            pos_embed: the checkpoint's ``transformer.pos_embed``, ``(1, n, embed_dim)``.
+            source_grid: its token grid ``(h, w)`` (the training ``img_size // 16``). Inferred when ``None``: a
+                square token count is a square grid, otherwise this network's aspect ratio is assumed; a count that
+                fits both (576 tokens: 24x24 or 18x32 for a 9x16 network) or neither must be given.
+            source: what the embedding comes from, for error messages (a file name).
+
+        Returns:
+            the resampled embedding; ``pos_embed`` itself when it already has this network's token count (and no
+            ``source_grid`` says otherwise), or is not a ``(1, n, embed_dim)`` tensor of this network's width (the
+            strict shape check of ``load_state_dict`` reports the latter).
+
+        Raises:
+            ValueError: ``source_grid`` does not hold the embedding's tokens, or the grid cannot be inferred.
+        """
+        own = self.transformer.pos_embed
+        if (
+            not isinstance(pos_embed, torch.Tensor) or pos_embed.dim() != 3 or pos_embed.shape[0] != 1
+            or pos_embed.shape[2] != own.shape[2]
+        ):
+            return pos_embed
+        target = self.token_grid
+        n = int(pos_embed.shape[1])
+        if source_grid is not None:
+            grid = (int(source_grid[0]), int(source_grid[1]))
+            if grid[0] * grid[1] != n:
+                raise ValueError(
+                    f"source_grid {grid} does not hold the {n} tokens of {POS_EMBED_KEY} {tuple(pos_embed.shape)} "
+                    f"in {source}."
+                )
+        elif n == target[0] * target[1]:
+            return pos_embed  # the network's own grid
+        else:
+            candidates = _candidate_grids(n, target)
+            if len(candidates) != 1:
+                if candidates:
+                    why = "could be " + " or ".join(f"{h}x{w}" for h, w in candidates)
+                else:
+                    why = "is neither square nor of the model's aspect ratio"
+                raise ValueError(
+                    f"{source}: the position embedding {POS_EMBED_KEY} {tuple(pos_embed.shape)} was trained at "
+                    f"another input size and its token grid {why}; the model has img_size={self.img_size} (grid "
+                    f"{target[0]}x{target[1]}). Pass source_grid=(h, w), the training img_size // 16 "
+                    "(load_transfuse_checkpoint), or build the network with the checkpoint's img_size."
+                )
+            grid = candidates[0]
+        with torch.no_grad():
+            return resample_pos_embed(pos_embed, list(target), list(grid))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
@@ -225,6 +298,31 @@ class TransFuse(nn.Module):
         out_t = self._resize(self.head_transformer(t2), size)
         out_f = self._resize(self.head_fusion(f0), size)
         return torch.stack([out, out_t, out_f], dim=1)
+
+
+def _candidate_grids(n: int, model_grid: Sequence[int]) -> list[tuple[int, int]]:
+    """Token grids an ``n``-token position embedding may have: square, or the model grid's aspect ratio."""
+    candidates = []
+    root = math.isqrt(n)
+    if root * root == n:
+        candidates.append((root, root))
+    g = math.gcd(int(model_grid[0]), int(model_grid[1]))
+    a, b = int(model_grid[0]) // g, int(model_grid[1]) // g
+    if n % (a * b) == 0:
+        scale = math.isqrt(n // (a * b))
+        if scale * scale * a * b == n and (scale * a, scale * b) not in candidates:
+            candidates.append((scale * a, scale * b))
+    return candidates
+
+
+def _fit_pos_embed_on_load(
+    module: TransFuse, state_dict, prefix: str, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+) -> None:
+    """``load_state_dict`` pre-hook of :class:`TransFuse`: resample a position embedding of another token grid in
+    place (``load_state_dict`` hands its hooks its own copy of the caller's dict)."""
+    key = prefix + POS_EMBED_KEY
+    if key in state_dict:
+        state_dict[key] = module.fit_pos_embed(state_dict[key], source="the state dict given to load_state_dict")
 
 
 def _init_weights(module: nn.Module) -> None:
