@@ -25,6 +25,8 @@ REQS=(
     "monai[pillow]==1.6.1"        # same MONAI as requirements.txt; pillow for PILReader
     "numpy>=2,<2.6"
     "scipy"                       # transfuse_monai.metrics imports scipy at module level
+    "pytorch-ignite==0.5.5"       # transfuse_monai.handlers imports ignite at module level
+    "nibabel==5.4.2"              # NIfTI volumes (prostate application) and MONAI's NibabelReader
     "pydicom==3.0.2"              # imported by monai.deploy.operators (hence by `import monai`)
     "highdicom==0.28.2"           # likewise
     "tritonclient[http,grpc]==2.73.0"  # imported by monai.deploy.core (TritonModel)
@@ -39,7 +41,7 @@ NODEPS=(
     "holoscan-cu13==4.6.0"
     "holoscan-cli==5.0.0"
 )
-CHECK='import monai, monai.deploy.operators.monai_bundle_inference_operator, holoscan.core, transfuse_monai'
+CHECK='import monai, monai.deploy.operators.monai_bundle_inference_operator, holoscan.core, highdicom, nibabel, transfuse_monai'
 
 stamp_text="$(printf '%s\n' "$PYTHON" "$TORCH_REQ" "${REQS[@]}" "${NODEPS[@]}")"
 STAMP="$VENV/.transfuse-deploy-stamp"
