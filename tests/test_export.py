@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from transfuse_monai.export import export_bundle, export_onnx_model, load_bundle_network, main
+from transfuse_monai.export import (
+    INT8_MIN_DICE,
+    calibration_images,
+    export_bundle,
+    export_onnx_model,
+    load_bundle_network,
+    main,
+    mask_dice,
+)
 from transfuse_monai.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,3 +130,113 @@ def test_cli_reports_missing_checkpoint_and_writes_nothing(tmp_path, capsys):
 def test_unknown_format_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="Unknown export format"):
         export_bundle(REPO / "bundles" / BUNDLES[0], formats=["tensorrt"], output_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------ onnx-int8
+
+INT8_BUNDLES = ("polyp", "isic2017", "hip", "prostate")  # the bundles with configs/inference_onnx.json
+TINY = [64, 64]
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory) -> dict[str, Path]:
+    """A random-weight polyp checkpoint at 64x64, a generated polyp dataset, and its int8 ONNX export."""
+    root = tmp_path_factory.mktemp("int8")
+    data = Path(get_task("polyp").make_sample(root / "data", n_train=8, test_sets={"Kvasir": 2}, size=(64, 64),
+                                              test_sizes=[(60, 80)], seed=1))
+    torch.manual_seed(0)
+    ckpt = root / "models" / "model.pt"
+    ckpt.parent.mkdir()
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "polyp" / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(REPO / "bundles" / "polyp"), "image_size": TINY})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+    results = export_bundle(REPO / "bundles" / "polyp", formats=["onnx-int8"], ckpt=ckpt, output_dir=root / "models",
+                            calib_dir=data, calib_count=4, image_size=TINY)
+    return {"root": root, "data": data, "ckpt": ckpt, "results": results}
+
+
+def test_onnx_int8_export_is_verified_and_quantised(int8_export):
+    import onnx
+
+    info = int8_export["results"]["onnx-int8"]
+    path = Path(info["file"])
+    assert path == int8_export["root"] / "models" / "model_int8.onnx" and path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt", "model_int8.onnx"]  # no fp32/temporary files
+    assert info["mean_dice"] >= INT8_MIN_DICE and 0 <= info["max_prob_diff"] < 1
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, sorted(ops)
+    assert path.stat().st_size < 0.5 * int8_export["ckpt"].stat().st_size  # int8 weights: about a quarter of fp32
+
+
+def test_calibration_images_fall_back_to_a_generated_sample(tmp_path, capsys):
+    images = calibration_images(REPO / "bundles" / "polyp", tmp_path / "no_data", count=3, image_size=TINY)
+    assert images.shape == (3, 3, *TINY) and images.dtype == np.float32
+    assert "DEMO" in capsys.readouterr().out  # the task's loud warning: synthetic calibration data
+
+
+def test_failed_int8_verification_leaves_no_file(int8_export, tmp_path, monkeypatch):
+    import onnx
+
+    import transfuse_monai.export as export
+
+    def quantize_wrong(fp32_path, filepath, calibration, **kwargs):  # a model whose masks are inverted
+        model = onnx.load(str(fp32_path))
+        out = model.graph.output[0].name
+        for node in model.graph.node:
+            node.output[:] = [f"{o}_raw" if o == out else o for o in node.output]
+        model.graph.node.append(onnx.helper.make_node("Neg", [f"{out}_raw"], [out]))
+        onnx.save(model, str(filepath))
+
+    monkeypatch.setattr(export, "quantize_onnx_int8", quantize_wrong)
+    with pytest.raises(RuntimeError, match="mean Dice"):
+        export.export_onnx_int8(REPO / "bundles" / "polyp", tmp_path / "out" / "model_int8.onnx",
+                                int8_export["ckpt"], calib_dir=int8_export["data"], calib_count=2, verify_count=2,
+                                image_size=TINY)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_mask_dice():
+    a = np.array([[[[1.0, -1.0], [2.0, -3.0]]], [[[-1.0, -1.0], [-1.0, -1.0]]]])
+    b = np.array([[[[1.0, 1.0], [-2.0, -3.0]]], [[[-1.0, -2.0], [-1.0, -1.0]]]])
+    np.testing.assert_allclose(mask_dice(a, b), [0.5, 1.0])  # one of two pixels shared; two empty masks agree
+    two = np.stack([-a[:, 0], a[:, 0]], 1)  # softmax-style: the foreground wins where a > 0
+    np.testing.assert_allclose(mask_dice(two, two), [1.0, 1.0])
+
+
+def test_inference_onnx_config_matches_pytorch_inference(int8_export, tmp_path):
+    from monai.bundle import ConfigWorkflow
+    from PIL import Image
+
+    configs = REPO / "bundles" / "polyp" / "configs"
+    images = int8_export["data"] / "TestDataset" / "Kvasir" / "images"
+    common = dict(meta_file=str(configs / "metadata.json"), workflow_type="infer", input_dir=str(images),
+                  image_size=TINY, num_workers=0, ckpt_dir=str(int8_export["root"] / "models"))
+    for name, files in (("torch", [configs / "inference.json"]),
+                        ("int8", [configs / "inference.json", configs / "inference_onnx.json"])):
+        workflow = ConfigWorkflow(config_file=[str(f) for f in files], output_dir=str(tmp_path / name), **common)
+        workflow.initialize()
+        if name == "int8":
+            assert type(workflow.parser.get_parsed_content("network")).__name__ == "OnnxRuntimeNetwork"
+        workflow.run()
+        workflow.finalize()
+    inputs = sorted(images.iterdir())
+    for src in inputs:
+        masks = [np.asarray(Image.open(tmp_path / name / f"{src.stem}.png")) > 0 for name in ("torch", "int8")]
+        with Image.open(src) as img:
+            assert masks[0].shape == masks[1].shape == img.size[::-1]
+        agree = (masks[0] == masks[1]).mean()
+        assert agree >= 0.98, f"{src.name}: int8 and PyTorch masks agree on {agree:.1%} of pixels"
+
+
+@pytest.mark.parametrize("bundle", INT8_BUNDLES)
+def test_inference_onnx_overrides_only_the_network(bundle):
+    """inference_onnx.json is layered over inference.json: the same file in every bundle, replacing the network and
+    disabling handler 0, which must be the CheckpointLoader (an ONNX model has no weights to load)."""
+    configs = REPO / "bundles" / bundle / "configs"
+    onnx_cfg = json.loads((configs / "inference_onnx.json").read_text())
+    assert onnx_cfg == json.loads((REPO / "bundles" / "polyp" / "configs" / "inference_onnx.json").read_text())
+    assert set(onnx_cfg) == {"onnx_path", "onnx_threads", "network", "handlers#0#_disabled_"}
+    assert json.loads((configs / "inference.json").read_text())["handlers"][0]["_target_"] == "CheckpointLoader"

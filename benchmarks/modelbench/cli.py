@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .models import MODELS
+from .models import CHECKOUT_OPTION, MODELS
 from .paths import DEFAULT_PATHS, MAX_FLIP_PCT_HALF, MODIFIERS, TOL_FP32, parse_path
 from .report import parse_peaks, rejudge, write_report
 from .timing import bench_model, interleaved_latency, loadavg
@@ -35,7 +35,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of ``benchmark_models.py`` (``description``: the help text above them)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
-                        help="default: all (authors_s only with --authors-repo)")
+                        help="default: all (authors_s, pranet, hardnet_mseg only with their --*-repo checkout)")
     parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS),
                         help=f"'+'-joined modifiers from {MODIFIERS}; 'eager' is always run first "
                         "(default: %(default)s)")
@@ -43,6 +43,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"],
                         help="default: cpu, plus cuda when available")
     parser.add_argument("--authors-repo", default=None, help="checkout of the authors' TransFuse (holding lib/)")
+    parser.add_argument("--pranet-repo", default=None, help="checkout of PraNet (holding lib/; model 'pranet')")
+    parser.add_argument("--hardnet-repo", default=None,
+                        help="checkout of HarDNet-MSEG (holding lib/; model 'hardnet_mseg')")
     parser.add_argument("--warmup", type=int, default=0,
                         help="extra untimed batch-1 calls before timing (the memory/parity calls, one at batch 1 and "
                         "one at batch B, always run first and warm up)")
@@ -71,10 +74,21 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="peak of the hardware, e.g. cuda.fp32=67 cuda.half=989 (H100 SXM dense) or "
                         "cpu.fp32=0.166: adds the fraction of peak reached to the TFLOP/s column ('half' applies to "
                         "bf16/fp16/TensorRT fp16 paths)")
+    parser.add_argument("--time-limit", type=float, default=0.0, metavar="SECONDS",
+                        help="start no new model x path measurement after this many seconds (the rest is reported "
+                        "as skipped; the report is written either way); 0: no limit")
     parser.add_argument("--rejudge", type=Path, default=None, metavar="RESULTS_JSON",
                         help="time nothing: rebuild the report of a previous run (its results.json) with the current "
                         "parity criteria, written to --out")
     return parser
+
+
+def write_partial(rows: list[dict], settings: dict, out: Path) -> None:
+    """The rows measured so far as ``<out>/results.json`` (``"partial": true``; no ratios or report yet), so that a
+    run stopped from outside (the GPU kit's stage deadline) keeps its finished models. The final report replaces it."""
+    from transfuse_monai.utils.io import atomic_write_json
+
+    atomic_write_json(out / "results.json", {"settings": settings, "results": rows, "partial": True})
 
 
 def main(argv: list[str] | None = None, description: str | None = None, script: str | None = None) -> None:
@@ -102,9 +116,10 @@ def main(argv: list[str] | None = None, description: str | None = None, script: 
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     if args.models is None:
-        args.models = [k for k in MODELS if k != "authors_s" or args.authors_repo]
-    if "authors_s" in args.models and not args.authors_repo:
-        parser.error("authors_s needs --authors-repo")
+        args.models = [k for k in MODELS if k not in CHECKOUT_OPTION or getattr(args, CHECKOUT_OPTION[k])]
+    for k in args.models:
+        if k in CHECKOUT_OPTION and not getattr(args, CHECKOUT_OPTION[k]):
+            parser.error(f"{k} needs --{CHECKOUT_OPTION[k].replace('_', '-')}")
     for s in args.sizes:
         if s[0] % 32 or s[1] % 32:
             parser.error(f"sizes must be multiples of 32 (FlexibleUNet, SwinUNETR), got {s}")
@@ -143,7 +158,7 @@ def main(argv: list[str] | None = None, description: str | None = None, script: 
         "models": args.models, "paths": paths, "sizes": [list(s) for s in args.sizes], "devices": args.devices,
         "warmup": args.warmup, "repeats": args.repeats, "throughput_iters": args.throughput_iters,
         "batch_cpu": args.cpu_batch, "batch_cuda": args.batch, "compile_models": args.compile_models,
-        "authors_repo": args.authors_repo,
+        "authors_repo": args.authors_repo, "pranet_repo": args.pranet_repo, "hardnet_repo": args.hardnet_repo,
         "parity_criteria": {"fp32_max_diff_rel": TOL_FP32, "half_max_mask_flip_pct": MAX_FLIP_PCT_HALF},
         "calibrate_bn": args.calibrate_bn, "peak_tflops": peaks,
         "loadavg_start": loadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -154,6 +169,7 @@ def main(argv: list[str] | None = None, description: str | None = None, script: 
 
     rows: list[dict] = []
     t0 = time.perf_counter()
+    args.deadline = t0 + args.time_limit if args.time_limit > 0 else None
     with tempfile.TemporaryDirectory(prefix="tf_bench_") as tmp:
         for size in args.sizes:
             for dev in args.devices:
@@ -162,6 +178,7 @@ def main(argv: list[str] | None = None, description: str | None = None, script: 
                 print(f"\n== {size[0]}x{size[1]} on {dev} (throughput batch {batch}) ==", flush=True)
                 for key in args.models:
                     rows += bench_model(key, size, device, paths, args, Path(tmp), batch, threads)
+                    write_partial(rows, settings, args.out)
         settings["interleave_rounds"] = args.interleave_rounds
         settings["interleaved"] = []
         if args.interleave_rounds > 0:

@@ -119,6 +119,68 @@ def _authors_s(size, args):
     return AuthorsTransFuseS(_import_authors(args.authors_repo), size)
 
 
+def _import_checkout(repo: str, module: str):
+    """Import ``module`` (e.g. ``lib.PraNet_Res2Net``) from a peer's checkout. The peers all name their package
+    ``lib``: any ``lib`` modules already imported (another peer's) are set aside during the import and restored
+    after, and the peer's own are taken out of ``sys.modules`` again, so peers never see each other's code."""
+    def libs() -> dict:
+        return {k: sys.modules[k] for k in list(sys.modules) if k == "lib" or k.startswith("lib.")}
+
+    saved = libs()
+    for k in saved:
+        del sys.modules[k]
+    sys.path.insert(0, str(Path(repo).resolve()))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(module)
+    finally:
+        sys.path.pop(0)
+        for k in libs():
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+class LastHead(nn.Module):
+    """A peer network whose forward returns several deep-supervision maps; keeps the one its authors predict with."""
+
+    def __init__(self, net: nn.Module, index: int = -1) -> None:
+        super().__init__()
+        self.net, self.index = net, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[self.index]
+
+
+def _pranet(size, args):
+    """PraNet (Res2Net-50 v1b), random weights: its constructor's ImageNet download is turned off."""
+    if not getattr(args, "pranet_repo", None):
+        raise RuntimeError("--pranet-repo not given")
+    mod = _import_checkout(args.pranet_repo, "lib.PraNet_Res2Net")
+    backbone = mod.res2net50_v1b_26w_4s
+    mod.res2net50_v1b_26w_4s = lambda pretrained=False, **kw: backbone(pretrained=False, **kw)
+    try:
+        return LastHead(mod.PraNet(channel=32))  # lateral_map_2: the map PraNet's test script thresholds
+    finally:
+        mod.res2net50_v1b_26w_4s = backbone
+
+
+def _hardnet_mseg(size, args):
+    """HarDNet-MSEG (HarDNet-68), random weights: its constructor's checkpoint load is turned off."""
+    if not getattr(args, "hardnet_repo", None):
+        raise RuntimeError("--hardnet-repo not given")
+    mod = _import_checkout(args.hardnet_repo, "lib.HarDMSEG")
+    backbone = mod.hardnet
+    mod.hardnet = lambda arch=68, pretrained=True, **kw: backbone(arch=arch, pretrained=False, **kw)
+    try:
+        return mod.HarDMSEG(channel=32)
+    finally:
+        mod.hardnet = backbone
+
+
+#: models built from a checkout of their authors' code, and the command-line option that names the checkout
+CHECKOUT_OPTION = {"authors_s": "authors_repo", "pranet": "pranet_repo", "hardnet_mseg": "hardnet_repo"}
+
 MODELS: dict[str, tuple[str, Callable]] = {
     "transfuse_s": ("TransFuse-S", _transfuse("S")),
     "transfuse_l": ("TransFuse-L", _transfuse("L")),
@@ -128,6 +190,8 @@ MODELS: dict[str, tuple[str, Callable]] = {
     "flexible_unet": ("MONAI FlexibleUNet (ResNet-34)", _flexible_unet),
     "swin_unetr": ("MONAI SwinUNETR (48)", _swin_unetr),
     "authors_s": ("authors' TransFuse_S", _authors_s),
+    "pranet": ("PraNet (authors' code)", _pranet),
+    "hardnet_mseg": ("HarDNet-MSEG (authors' code)", _hardnet_mseg),
 }
 
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 REFERENCE_PATH = "eager"
-MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32")
+MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32", "cudagraphs", "int8")
 # compile is opt-in (--paths ... compile): inductor takes minutes per model and input shape on 2 cores
 DEFAULT_PATHS = ("eager", "channels_last", "bf16", "channels_last+bf16", "sdpa", "no_sdpa", "onnx", "fp16",
                  "channels_last+fp16", "trt")
@@ -75,14 +75,18 @@ def parse_path(path: str) -> frozenset[str]:
         raise ValueError(f"contradictory path '{path}'")
     if "fp32" in mods and "trt" not in mods:
         raise ValueError("'fp32' only qualifies 'trt' (TensorRT precision)")
+    if "cudagraphs" in mods and mods & {"onnx", "trt", "compile"}:
+        raise ValueError(f"'{path}': cudagraphs captures an eager PyTorch path (compile: mode='reduce-overhead')")
     if ("onnx" in mods or "trt" in mods) and mods & {"bf16", "fp16", "compile", "channels_last"}:
         raise ValueError(f"'{path}': onnx/trt combine only with sdpa/no_sdpa (trt: fp32)")
+    if "int8" in mods and "onnx" not in mods:
+        raise ValueError(f"'{path}': 'int8' qualifies 'onnx' (ONNX Runtime static int8 quantisation)")
     return mods
 
 
 def is_reduced_precision(mods: frozenset[str]) -> bool:
     """Whether the path computes in bf16/fp16 (judged by mask flips instead of max |diff|)."""
-    return "bf16" in mods or "fp16" in mods or ("trt" in mods and "fp32" not in mods)
+    return "bf16" in mods or "fp16" in mods or "int8" in mods or ("trt" in mods and "fp32" not in mods)
 
 
 class Runner:
@@ -143,8 +147,11 @@ def exportable(model: nn.Module) -> tuple[nn.Module, str]:
     return model, (f"{n} MONAI ResNet 'A' shortcuts rewritten without .data for export" if n else "")
 
 
-def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int) -> Runner:
+def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int, int8: bool = False) -> Runner:
     """Export with ``torch.onnx.export(dynamo=True)`` and a dynamic batch axis; run with ONNX Runtime (CPU).
+
+    ``int8``: each exported graph is quantised first by :func:`quantize_onnx_int8` (the ``onnx-int8`` export of
+    ``transfuse_monai.export``; calibrated here on random images, as the weights are random too).
 
     Fallback, reported in the row's note: when the dynamo export fails, or its graph does not run at batch 1 and
     ``batch``, the TorchScript-based exporter (``dynamo=False``) writes one static-shape graph per batch size.
@@ -166,7 +173,7 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int)
             torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["pred"],
                               opset_version=18, dynamo=True, dynamic_shapes=({0: dim},), external_data=True,
                               verbose=False)
-            session = _ort_session(path, threads)
+            session = _ort_session(_int8_model(path, size) if int8 else path, threads)
             for b in sorted({1, batch}):
                 session.run(None, {"image": np.zeros((b, 3, *size), np.float32)})
                 sessions[b] = session
@@ -178,7 +185,7 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int)
                 path = stem.with_name(f"{stem.name}_b{b}.onnx")
                 torch.onnx.export(model, (torch.randn(b, 3, *size),), str(path), input_names=["image"],
                                   output_names=["pred"], opset_version=18, dynamo=False)
-                sessions[b] = _ort_session(path, threads)
+                sessions[b] = _ort_session(_int8_model(path, size) if int8 else path, threads)
     setup = time.perf_counter() - start
 
     def run_onnx(x):
@@ -187,7 +194,21 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int)
         return torch.from_numpy(out).float()
 
     note = f"ORT {ort.__version__}, {threads} intra-op threads, {exporter}" + (f"; {patched}" if patched else "")
+    if int8:
+        note += "; static int8 (QDQ, per-channel, transfuse_monai.export.quantize_onnx_int8)"
     return Runner(run_onnx, lambda x: x, setup, note)
+
+
+def _int8_model(path: Path, size, calib_images: int = 4) -> Path:
+    """``path`` quantised to int8 by the library's ``onnx-int8`` export (:func:`quantize_onnx_int8`), calibrated on
+    ``calib_images`` seeded random images (the benchmark's models have random weights); returns the new file."""
+    from transfuse_monai.export import quantize_onnx_int8
+
+    g = torch.Generator().manual_seed(0)
+    calibration = torch.randn(calib_images, 3, *size, generator=g).numpy()
+    out = path.with_name(f"{path.stem}_int8.onnx")
+    quantize_onnx_int8(path, out, calibration)
+    return out
 
 
 def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, batch: int, tmpdir: Path,
@@ -200,6 +221,8 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
         raise PathUnavailable("no GPU: TensorRT needs CUDA")
     if "fp16" in mods and device.type != "cuda":
         raise PathUnavailable("fp16 autocast is a GPU path (CPU uses bf16)")
+    if "cudagraphs" in mods and device.type != "cuda":
+        raise PathUnavailable("no GPU: CUDA graphs need CUDA")
     if ("sdpa" in mods or "no_sdpa" in mods):
         default = attention_default(base)
         if default is None:
@@ -214,7 +237,7 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
     prep = lambda x: x  # noqa: E731
 
     if "onnx" in mods:
-        runner = prepare_onnx(model, size, batch, tmpdir, threads)
+        runner = prepare_onnx(model, size, batch, tmpdir, threads, int8="int8" in mods)
         del model
         return runner
 
@@ -249,6 +272,10 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
         with torch.inference_mode(), amp:
             return first_output(fn(x))
 
+    if "cudagraphs" in mods:
+        start = time.perf_counter()
+        replay = cuda_graphed(run_torch, prep, device, size, batch)
+        return Runner(replay, prep, time.perf_counter() - start, "CUDA graphs (one capture per batch size)")
     runner = Runner(run_torch, prep, 0.0, note)
     if "compile" in mods:
         # compilation happens on the first call of each input shape: time both shapes as set-up
@@ -258,6 +285,33 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
         sync(device)
         runner.setup_s = time.perf_counter() - start
     return runner
+
+
+def cuda_graphed(run: Callable, prep: Callable, device: torch.device, size, batch: int) -> Callable:
+    """``run`` captured as one CUDA graph per batch size (1 and ``batch``), after a few warm-up calls on a side
+    stream (cuDNN algorithm selection, allocator); the returned function copies its input into the graph's static
+    input, replays the graph and returns the static output (overwritten by the next replay)."""
+    graphs = {}
+    for b in sorted({1, batch}):
+        static_in = prep(torch.randn(b, 3, *size, device=device))
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                run(static_in)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = run(static_in)
+        graphs[b] = (graph, static_in, static_out)
+
+    def replay(x):
+        graph, static_in, static_out = graphs[int(x.shape[0])]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    return replay
 
 
 def sync(device: torch.device) -> None:

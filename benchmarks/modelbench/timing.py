@@ -102,6 +102,14 @@ def loadavg() -> list[float]:
 
 
 _GMACS: dict[tuple, float | None] = {}
+TIME_LIMIT_NOTE = "--time-limit reached"
+
+
+def past_deadline(args) -> bool:
+    """Whether the run's ``--time-limit`` (``args.deadline``, a ``perf_counter`` time; absent or None: no limit)
+    has passed."""
+    deadline = getattr(args, "deadline", None)
+    return deadline is not None and time.perf_counter() > deadline
 
 
 def bench_model(key: str, size, device: torch.device, paths: list[str], args, tmpdir: Path, batch: int,
@@ -111,6 +119,8 @@ def bench_model(key: str, size, device: torch.device, paths: list[str], args, tm
     label, builder = MODELS[key]
     rows: list[dict] = []
     common = {"model": key, "label": label, "size": list(size), "device": device.type}
+    if past_deadline(args):
+        return [{**common, "path": p, "status": "skipped", "note": TIME_LIMIT_NOTE} for p in paths]
     start = time.perf_counter()
     try:
         torch.manual_seed(0)
@@ -141,6 +151,9 @@ def bench_model(key: str, size, device: torch.device, paths: list[str], args, tm
     for path in paths:
         mods = parse_path(path)
         row = {**common, "path": path, "loadavg_before": loadavg()}
+        if past_deadline(args):
+            rows.append({**row, "status": "skipped", "note": TIME_LIMIT_NOTE})
+            continue
         if "compile" in mods and args.compile_models != ["all"] and key not in args.compile_models:
             rows.append({**row, "status": "skipped", "note": "not in --compile-models"})
             continue

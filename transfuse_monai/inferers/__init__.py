@@ -1,6 +1,8 @@
-"""Inferers: wrappers that add fast execution paths to any MONAI inferer; slice-by-slice inference of volumes."""
+"""Inferers: wrappers that add fast execution paths to any MONAI inferer; slice-by-slice inference of volumes; exported
+ONNX models run by ONNX Runtime as networks."""
 
 from transfuse_monai.inferers.autocast import AutocastInferer
+from transfuse_monai.inferers.onnx import OnnxRuntimeNetwork
 from transfuse_monai.inferers.slices import VolumeSliceInferer, slice_inferer
 
-__all__ = ["AutocastInferer", "VolumeSliceInferer", "slice_inferer"]
+__all__ = ["AutocastInferer", "OnnxRuntimeNetwork", "VolumeSliceInferer", "slice_inferer"]

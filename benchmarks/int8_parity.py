@@ -1,0 +1,168 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
+"""Accuracy of the int8 ONNX model against fp32 eager PyTorch on real polyp test images: per-image Dice change.
+
+For every image of the PraNet test sets found (Kvasir, CVC-ClinicDB, ...), both models segment the image
+preprocessed as the bundle's ``inference.json`` does (352x352 by default); each mask is scored against the ground
+truth resized to the model resolution (nearest), and the table reports, per set and overall, the mean Dice of each
+model, the mean and 95th percentile of the per-image |Dice(int8) - Dice(fp32)|, and the mean Dice between the two
+models' masks. Goal of the int8 path: mean change <= 0.005 and p95 <= 0.02.
+
+    python benchmarks/int8_parity.py --ckpt models/model.pt --data /data/polyp               # exports, then scores
+    python benchmarks/int8_parity.py --ckpt models/model.pt --data /data/polyp --int8 models/model_int8.onnx
+
+Without ``--int8`` the model is exported first with ``transfuse_monai.export.export_onnx_int8`` (calibrated on
+``--calib_count`` training images of ``--data``) to ``--out`` (default a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "polyp"
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / total) if total else 1.0
+
+
+def profile_table(models: dict[str, Path], size, runs: int, threads: int | None) -> str:
+    """Time per ONNX Runtime operator type (kernel events of its profiler, summed over ``runs`` batch-1 runs after
+    one warm-up run), as a Markdown table with the share of each model's total."""
+    import json
+    import os
+    from collections import defaultdict
+
+    from transfuse_monai.inferers.onnx import ort_session
+
+    x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
+    per_op: dict[str, dict[str, float]] = {}
+    for name, path in models.items():
+        import onnxruntime as ort
+
+        session = ort_session(path, intra_op_num_threads=threads)
+        session.run(None, {"image": x})
+        options = ort.SessionOptions()  # a second session with profiling on (the first warmed the caches)
+        options.enable_profiling = True
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        profiled.run(None, {"image": x})
+        for _ in range(runs):
+            profiled.run(None, {"image": x})
+        trace = profiled.end_profiling()
+        totals: dict[str, float] = defaultdict(float)
+        events = json.loads(Path(trace).read_text())
+        os.remove(trace)
+        for event in events:
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                totals[event["args"]["op_name"]] += event["dur"] / 1e3 / (runs + 1)
+        per_op[name] = dict(totals)
+    names = list(per_op)
+    ops = sorted({op for t in per_op.values() for op in t}, key=lambda op: -per_op[names[0]].get(op, 0.0))
+    lines = [f"\nONNX Runtime kernel time per operator type, ms per batch-1 run ({size[0]}x{size[1]}, mean of "
+             f"{runs + 1} runs):", "", "| op type | " + " | ".join(f"{n} ms | {n} %" for n in names) + " |",
+             "|---|" + "---:|---:|" * len(names)]
+    sums = {n: sum(per_op[n].values()) or 1.0 for n in names}
+    for op in ops:
+        cells = " | ".join(f"{per_op[n].get(op, 0.0):.1f} | {100 * per_op[n].get(op, 0.0) / sums[n]:.1f}"
+                           for n in names)
+        lines.append(f"| {op} | {cells} |")
+    lines.append("| total | " + " | ".join(f"{sums[n]:.1f} | 100" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True,
+                        help="trained polyp checkpoint (trained at any size: see load_transfuse_checkpoint)")
+    parser.add_argument("--data", required=True, help="PraNet polyp dataset root (TrainDataset, TestDataset)")
+    parser.add_argument("--int8", default=None, help="int8 ONNX model (default: export one)")
+    parser.add_argument("--out", default=None, help="where to export the int8 model (default: a temporary folder)")
+    parser.add_argument("--sets", nargs="+", default=["Kvasir", "CVC-ClinicDB"])
+    parser.add_argument("--image_size", type=int, nargs=2, default=[352, 352])
+    parser.add_argument("--calib_count", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
+    parser.add_argument("--limit", type=int, default=None, help="images per set (default: all)")
+    parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                        help="also profile this many batch-1 runs of the fp32 and int8 ONNX models with ONNX Runtime's "
+                        "profiler and print the time per operator type")
+    args = parser.parse_args(argv)
+
+    from monai.bundle import ConfigParser
+
+    from transfuse_monai.export import export_onnx_int8, export_onnx_model, load_bundle_network
+    from transfuse_monai.inferers import OnnxRuntimeNetwork
+    from transfuse_monai.tasks import get_task
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = list(args.image_size)
+    net, _ = load_bundle_network(BUNDLE, args.ckpt, image_size=size)
+    with tempfile.TemporaryDirectory(prefix="tf_int8_parity_") as tmp:
+        int8_path = Path(args.int8) if args.int8 else Path(args.out or tmp) / "model_int8.onnx"
+        if not args.int8:
+            start = time.perf_counter()
+            info = export_onnx_int8(BUNDLE, int8_path, args.ckpt, calib_dir=args.data, calib_count=args.calib_count,
+                                    min_dice=0.0, image_size=size)
+            print(f"exported {int8_path} in {time.perf_counter() - start:.0f} s; export check on held-out training "
+                  f"images: mean mask Dice {info['mean_dice']:.4f}, max |prob diff| {info['max_prob_diff']:.3f}")
+        int8 = OnnxRuntimeNetwork(int8_path, intra_op_num_threads=args.threads)
+        fp32_path = None
+        if args.profile:
+            fp32_path = int8_path.with_name("model_fp32.onnx")
+            if not fp32_path.is_file():
+                export_onnx_model(net, fp32_path, (3, *size))
+
+        config = ConfigParser()
+        config.read_config(str(BUNDLE / "configs" / "inference.json"))
+        config.update({"bundle_root": str(BUNDLE), "image_size": size})
+        preprocessing = config.get_parsed_content("preprocessing")
+        task = get_task("polyp")
+        rows = {}
+        for name in args.sets:
+            items = task.subset_datalist(args.data, f"TestDataset/{name}", validate=False)[: args.limit]
+            scores = []
+            for item in items:
+                image = preprocessing({"image": item["image"]})["image"].as_tensor()[None].float()
+                with Image.open(item["label"]) as m:
+                    label = np.asarray(m.convert("L").resize(size[::-1], Image.NEAREST)) > 127
+                with torch.no_grad():
+                    ref = net(image)[0, 0].numpy() > 0
+                    out = int8(image)[0, 0].numpy() > 0
+                scores.append((_dice(ref, label), _dice(out, label), _dice(out, ref)))
+            rows[name] = np.asarray(scores)
+        rows["all"] = np.concatenate(list(rows.values()))
+        profile = profile_table({"int8": int8_path, "fp32": fp32_path}, size, args.profile, args.threads) \
+            if args.profile else ""
+
+    print(f"\nint8 (ONNX Runtime, QDQ) vs fp32 eager PyTorch, {size[0]}x{size[1]}, checkpoint {args.ckpt}")
+    print("| set | images | Dice fp32 | Dice int8 | mean abs Dice change | p95 abs Dice change "
+          "| Dice(int8, fp32 masks) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, s in rows.items():
+        change = np.abs(s[:, 1] - s[:, 0])
+        print(f"| {name} | {len(s)} | {s[:, 0].mean():.4f} | {s[:, 1].mean():.4f} | {change.mean():.4f} | "
+              f"{np.percentile(change, 95):.4f} | {s[:, 2].mean():.4f} |")
+    if profile:
+        print(profile)
+    change = np.abs(rows["all"][:, 1] - rows["all"][:, 0])
+    ok = change.mean() <= 0.005 and np.percentile(change, 95) <= 0.02
+    print(f"\ngoal (mean <= 0.005, p95 <= 0.02): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
