@@ -19,15 +19,19 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
-from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application, Fragment, Image, IOType, Operator, OperatorSpec
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from monai.deploy.operators.monai_bundle_inference_operator import IOMapping, MonaiBundleInferenceOperator
 
-from transfuse_deploy.bundle import load_with, reverses_indexing
+from transfuse_deploy.bundle import CONFIG_NAMES, BundleIO, load_with, reverses_indexing
 from transfuse_deploy.volumes import monai_meta, resample_to_grid
 from transfuse_monai.utils import atomic_path
 
 __all__ = [
     "ALGORITHM",
+    "bundle_inference_operator",
+    "compose_file_pipeline",
     "write_outputs",
     "ImageFileLoaderOperator",
     "MaskWriterOperator",
@@ -389,3 +393,36 @@ class VolumeWriterOperator(Operator):
             stem = _stem(meta.get("filename_or_obj", "volume"))
         writers[self.output_folder / f"{stem}.nii.gz"] = _save_nifti(labels_whd, affine)
         write_outputs(writers)
+
+
+def bundle_inference_operator(
+    app: Application, app_context: AppContext, model_path: Path, bundle: BundleIO, name: str = "bundle_inference"
+) -> MonaiBundleInferenceOperator:
+    """The SDK's ``MonaiBundleInferenceOperator`` on ``model_path``: the bundle's embedded preprocessing, inferer and
+    postprocessing between its in-memory input and output (``bundle.input_name`` -> ``bundle.output_name``)."""
+    return MonaiBundleInferenceOperator(
+        app, app_context=app_context, bundle_path=model_path, bundle_config_names=CONFIG_NAMES,
+        input_mapping=[IOMapping(bundle.input_name, Image, IOType.IN_MEMORY)],
+        output_mapping=[IOMapping(bundle.output_name, Image, IOType.IN_MEMORY)],
+        name=name,
+    )
+
+
+def compose_file_pipeline(
+    app: Application,
+    app_context: AppContext,
+    model_path: Path,
+    bundle: BundleIO,
+    files: Sequence[Path],
+    writer_op: Operator,
+    loader_name: str = "image_loader",
+) -> None:
+    """The graph of the file-based applications: each of ``files`` read with the bundle's own ``LoadImage`` ->
+    :func:`bundle_inference_operator` -> ``writer_op`` (which takes ``bundle.output_name``)."""
+    loader_op = ImageFileLoaderOperator(
+        app, CountCondition(app, len(files)), files=files, loader=bundle.loader, output_name=bundle.input_name,
+        name=loader_name,
+    )
+    bundle_op = bundle_inference_operator(app, app_context, model_path, bundle)
+    app.add_flow(loader_op, bundle_op, {(bundle.input_name, bundle.input_name)})
+    app.add_flow(bundle_op, writer_op, {(bundle.output_name, bundle.output_name)})

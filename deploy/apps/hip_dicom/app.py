@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from monai.deploy.conditions import CountCondition
-from monai.deploy.core import AppContext, Application, Image, IOType
-from monai.deploy.operators.monai_bundle_inference_operator import IOMapping, MonaiBundleInferenceOperator
+from monai.deploy.core import AppContext, Application
 
-from transfuse_deploy.bundle import CONFIG_NAMES, BundleIO, list_files, resolve_model
-from transfuse_deploy.operators import ImageFileLoaderOperator, RadiographSegWriterOperator
+from transfuse_deploy.bundle import BundleIO, list_files, resolve_model
+from transfuse_deploy.operators import RadiographSegWriterOperator, compose_file_pipeline
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 MODALITIES = ("DX", "CR")
@@ -65,23 +63,12 @@ class HipDicomApp(Application):
         bundle = BundleIO(model_path)
         logger.info("model %s, %d radiograph(s), output %s", model_path, len(files), output_folder)
 
-        loader_op = ImageFileLoaderOperator(
-            self, CountCondition(self, len(files)), files=files, loader=bundle.loader,
-            output_name=bundle.input_name, name="radiograph_loader",
-        )
-        bundle_op = MonaiBundleInferenceOperator(
-            self, app_context=app_context, bundle_path=model_path, bundle_config_names=CONFIG_NAMES,
-            input_mapping=[IOMapping(bundle.input_name, Image, IOType.IN_MEMORY)],
-            output_mapping=[IOMapping(bundle.output_name, Image, IOType.IN_MEMORY)],
-            name="bundle_inference",
-        )
         writer_op = RadiographSegWriterOperator(
             self, output_folder=output_folder, class_names=bundle.class_names, loader=bundle.loader,
             input_name=bundle.output_name, name="seg_writer",
         )
-        self.add_flow(loader_op, bundle_op, {(bundle.input_name, bundle.input_name)})
-        self.add_flow(bundle_op, writer_op, {(bundle.output_name, bundle.output_name)})
-
+        compose_file_pipeline(self, app_context, model_path, bundle, files, writer_op,
+                              loader_name="radiograph_loader")
 
 def main(argv: list[str] | None = None) -> None:
     app = HipDicomApp(argv) if argv else HipDicomApp()

@@ -23,17 +23,17 @@ import os
 from pathlib import Path
 
 from monai.deploy.conditions import CountCondition
-from monai.deploy.core import AppContext, Application, Image, IOType
+from monai.deploy.core import AppContext, Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
-from monai.deploy.operators.monai_bundle_inference_operator import IOMapping, MonaiBundleInferenceOperator
 
-from transfuse_deploy.bundle import CONFIG_NAMES, BundleIO, list_files, resolve_model
+from transfuse_deploy.bundle import BundleIO, list_files, resolve_model
 from transfuse_deploy.operators import (
-    ImageFileLoaderOperator,
     MRChannelStackOperator,
     RequiredSeriesSelectorOperator,
     VolumeWriterOperator,
+    bundle_inference_operator,
+    compose_file_pipeline,
     read_selection_rules,
 )
 
@@ -66,25 +66,15 @@ class ProstateMRApp(Application):
         if channels not in (1, 2):
             raise ValueError(f"{model_path}: the bundle takes {channels} channels; this application gives T2 (1) or "
                              "T2 + ADC (2)")
-        bundle_op = MonaiBundleInferenceOperator(
-            self, app_context=app_context, bundle_path=model_path, bundle_config_names=CONFIG_NAMES,
-            input_mapping=[IOMapping(bundle.input_name, Image, IOType.IN_MEMORY)],
-            output_mapping=[IOMapping(bundle.output_name, Image, IOType.IN_MEMORY)],
-            name="bundle_inference",
-        )
         if is_nifti_input(input_path):
             files = list_files(input_path, NIFTI_SUFFIXES, what="NIfTI volume")
             logger.info("model %s (%d channel(s)), %d NIfTI volume(s)", model_path, channels, len(files))
-            loader_op = ImageFileLoaderOperator(
-                self, CountCondition(self, len(files)), files=files, loader=bundle.loader,
-                output_name=bundle.input_name, name="volume_loader",
-            )
             writer_op = VolumeWriterOperator(
                 self, output_folder=output_folder, class_names=bundle.class_names, input_name=bundle.output_name,
                 name="volume_writer",
             )
-            self.add_flow(loader_op, bundle_op, {(bundle.input_name, bundle.input_name)})
-            self.add_flow(bundle_op, writer_op, {(bundle.output_name, bundle.output_name)})
+            compose_file_pipeline(self, app_context, model_path, bundle, files, writer_op,
+                                  loader_name="volume_loader")
             return
 
         if not input_path.is_dir():
@@ -110,6 +100,7 @@ class ProstateMRApp(Application):
             self.add_flow(to_volume, stack_op, {("image", name.lower())})
             if name == CHANNELS[0]:
                 self.add_flow(selector, writer_op, {(series_port, series_port)})
+        bundle_op = bundle_inference_operator(self, app_context, model_path, bundle)
         self.add_flow(stack_op, bundle_op, {(bundle.input_name, bundle.input_name)})
         self.add_flow(bundle_op, writer_op, {(bundle.output_name, bundle.output_name)})
 
