@@ -151,11 +151,11 @@ def calibrated_state_dict(parser, image: Path) -> dict:
     return state
 
 
-def small_bundle(bundle: str, tmp_path: Path, image: Path) -> tuple[Path, Path, Path, Path]:
+def small_bundle(bundle: str, tmp_path: Path, image: Path, **overrides) -> tuple[Path, Path, Path, Path]:
     """The bundle's inference config at a small size (``<tmp>/configs/inference.json``, for ``monai.bundle run``),
     calibrated random weights (``model.pt``) and their TorchScript export at that size with the configs embedded
     (``model.ts``, by ``python -m transfuse_monai.export``'s function, which embeds the size override too); returns
-    ``(root, config_file, ckpt, model_ts)``."""
+    ``(root, config_file, ckpt, model_ts)``. ``overrides`` set further config ids (e.g. ``modalities``) in both."""
     from monai.bundle import ConfigParser
 
     from transfuse_monai.export import export_torchscript
@@ -166,6 +166,7 @@ def small_bundle(bundle: str, tmp_path: Path, image: Path) -> tuple[Path, Path, 
     spec = next(iter(json.loads(meta_file.read_text())["network_data_format"]["inputs"].values()))
     config = ConfigParser.load_config_file(str(root / "configs" / "inference.json"))
     config["image_size"] = small_size(config.get("image_size", spec["spatial_shape"]))
+    config.update(overrides)
     config_file = tmp_path / "configs" / "inference.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config, indent=1))
@@ -177,7 +178,7 @@ def small_bundle(bundle: str, tmp_path: Path, image: Path) -> tuple[Path, Path, 
     torch.save(calibrated_state_dict(parser, image), ckpt)
     # `python -m transfuse_monai.export <bundle> --formats torchscript --ckpt model.pt --output_dir <tmp>
     # --image_size ...` runs this function; called in-process to spare an interpreter start
-    export_torchscript(root, model_ts, ckpt, image_size=config["image_size"])
+    export_torchscript(root, model_ts, ckpt, image_size=config["image_size"], **overrides)
     assert model_ts.is_file()
     return root, config_file, ckpt, model_ts
 

@@ -308,6 +308,35 @@ def test_prostate_dicom_app_selects_series_and_writes_seg(prostate, deploy_pytho
         np.testing.assert_allclose(frame["position"], positions[frame["source"]], atol=1e-4)
 
 
+def test_prostate_dicom_app_t2_only_bundle_takes_the_t2_series(deploy_python, tmp_path):
+    """A T2-only model (``modalities [0]``, one input channel) needs no ADC: the app selects the T2 series alone (the
+    study has none here) and its label volume equals the bundle's own inference on a 3D NIfTI of the T2 pixels."""
+    import nibabel as nib
+    import pydicom
+
+    study = write_study(tmp_path / "study", adc=None)
+    reference_input = tmp_path / "nifti" / "case.nii.gz"
+    reference_input.parent.mkdir()
+    nib.save(nib.Nifti1Image(study["t2"].astype(np.float32), study["t2_affine"]), str(reference_input))
+    root, config_file, ckpt, model_ts = small_bundle("prostate", tmp_path / "model", reference_input, modalities=[0])
+    out = tmp_path / "deploy_out"
+    run_all([
+        bundle_run(config_file, root, reference_input.parent, ckpt, tmp_path / "bundle_out", tmp_path / "bundle.log"),
+        deploy_app(deploy_python, "prostate_mr", model_ts, tmp_path / "study", out, tmp_path / "deploy.log"),
+    ])
+    log = (tmp_path / "deploy.log").read_text()
+    assert "T2 series: 't2_tse_tra'" in log and "ADC series" not in log, log[-3000:]
+    t2_series = str(pydicom.dcmread(study["files"]["t2"][0], stop_before_pixels=True).SeriesInstanceUID)
+    assert output_files(out) == sorted([f"{t2_series}.nii.gz", f"{t2_series}_seg.dcm"])
+    ref = np.asarray(nib.load(str(tmp_path / "bundle_out" / "case.nii.gz")).dataobj)
+    values, counts = np.unique(ref, return_counts=True)
+    assert len(values) >= 2 and counts.max() < 0.95 * ref.size, f"trivial reference {values} {counts}"
+    deployed = np.asarray(nib.load(str(out / f"{t2_series}.nii.gz")).dataobj)
+    assert deployed.shape == ref.shape == study["t2"].shape
+    differ = int((deployed != ref).sum())
+    assert differ <= max(3, 0.002 * ref.size), f"MONAI Deploy and bundle inference differ in {differ} voxels"
+
+
 @pytest.mark.parametrize("case", ["no_adc", "ct", "no_spacing"])
 def test_prostate_dicom_app_rejects_bad_input(case, prostate, deploy_python, tmp_path):
     overrides, message = {

@@ -64,6 +64,26 @@ def test_export_all_formats_match_eager(bundle, tmp_path):
             np.testing.assert_allclose(out, net(x).numpy(), atol=1e-4, rtol=0)
 
 
+def test_embedded_metadata_describes_the_exported_input(tmp_path):
+    """Overrides that change the network's input (a T2-only prostate model at 32x32) are carried into the metadata
+    embedded in the TorchScript file: one channel named T2, the exported size; without overrides it is the bundle's."""
+    from transfuse_monai.export import export_torchscript
+    from transfuse_monai.networks.nets import TransFuse
+
+    root = REPO / "bundles" / "prostate"
+    ckpt = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    torch.save(TransFuse(in_channels=1, out_channels=3, img_size=(32, 32)).state_dict(), ckpt)
+    export_torchscript(root, tmp_path / "model.ts", ckpt, image_size=[32, 32], modalities=[0])
+    extra = {"metadata.json": "", "inference.json": ""}
+    torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
+    spec = json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]
+    assert (spec["num_channels"], spec["spatial_shape"], spec["channel_def"]) == (1, [32, 32], {"0": "T2"})
+    assert json.loads(extra["inference.json"])["modalities"] == [0]
+    bundle_meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert bundle_meta["network_data_format"]["inputs"]["image"]["num_channels"] == 2, "the bundle's file is untouched"
+
+
 class _CallCounter(torch.nn.Module):
     """Adds the number of earlier calls to its input: the exported graph freezes the count seen while tracing, so
     ONNX Runtime and the next eager call disagree (a real verification failure, in seconds)."""

@@ -92,8 +92,9 @@ def load_bundle_network(
         overrides: config ids to override before the network is built, e.g. ``image_size=[256, 256]``.
 
     Returns:
-        The network in eval mode on the CPU, and the input shape ``(C, *spatial)``: channels from ``metadata.json``,
-        spatial size from the ``image_size`` override or ``metadata.json``.
+        The network in eval mode on the CPU, and the input shape ``(C, *spatial)``: the network's input channels
+        (``metadata.json``'s unless an override such as ``modalities`` changes them), spatial size from the
+        ``image_size`` override or ``metadata.json``.
 
     Raises:
         FileNotFoundError: the bundle's configs or the checkpoint do not exist.
@@ -116,7 +117,32 @@ def load_bundle_network(
     net = load_transfuse_checkpoint(parser.get_parsed_content("network_def"), ckpt, map_location="cpu")
     image = next(iter(json.loads(meta.read_text())["network_data_format"]["inputs"].values()))
     spatial = tuple(int(s) for s in overrides.get("image_size", image["spatial_shape"]))
-    return net.cpu().eval(), (int(image["num_channels"]), *spatial)
+    return net.cpu().eval(), (int(net.in_channels), *spatial)
+
+
+def _exported_metadata(meta: Path, shape: Sequence[int], bundle_dir: Path, **overrides) -> dict | None:
+    """``metadata.json`` describing the network as exported, or ``None`` when the file already does.
+
+    Overrides can change the network's input: ``image_size``, or ``modalities`` (a T2-only prostate model takes one
+    channel). The metadata embedded in the TorchScript file then gives the exported input's ``num_channels``,
+    ``spatial_shape`` and ``channel_def`` (the task's ``channel_names``), which is what consumers such as MONAI Deploy
+    read."""
+    from monai.bundle import ConfigParser
+
+    content = json.loads(meta.read_text())
+    spec = next(iter(content["network_data_format"]["inputs"].values()))
+    channels, spatial = int(shape[0]), [int(s) for s in shape[1:]]
+    if int(spec.get("num_channels", channels)) == channels and list(spec.get("spatial_shape", spatial)) == spatial:
+        return None
+    spec["num_channels"], spec["spatial_shape"] = channels, spatial
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle_dir)
+    parser.update(overrides)
+    names = list(getattr(parser.get_parsed_content("task"), "channel_names", ()) or ())
+    if len(names) == channels:
+        spec["channel_def"] = {str(i): name for i, name in enumerate(names)}
+    return content
 
 
 def _export_verified(
@@ -266,9 +292,14 @@ def export_torchscript(
             # TorchScript archives hold their files under a folder named after the file, and MONAI Deploy's
             # bundle operator looks for ``<file stem>/extra/*.json``: export under the final name, then move to
             # the temporary path (the archive keeps the final name's folder)
+            meta_file = meta
+            exported_meta = _exported_metadata(meta, shape, root, **overrides)
+            if exported_meta is not None:
+                meta_file = Path(tmp_dir) / meta.name
+                meta_file.write_text(json.dumps(exported_meta, indent=4))
             named = Path(tmp_dir) / Path(filepath).name
             ckpt_export(
-                net_id="network_def", filepath=str(named), ckpt_file=str(weights), meta_file=str(meta),
+                net_id="network_def", filepath=str(named), ckpt_file=str(weights), meta_file=str(meta_file),
                 config_file=str(config_file), bundle_root=str(root),
             )
             shutil.move(named, path)
