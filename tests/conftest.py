@@ -31,3 +31,42 @@ def two_threads():
     """Both cores of the CI machine, for the few tests that train a network for real."""
     with torch_threads(2):
         yield
+
+
+# -- disk hygiene -------------------------------------------------------------------------------------------------
+# Module-scoped fixtures keep datasets, trained checkpoints and exports in ``tmp_path_factory`` folders, which pytest
+# only removes at the end of the session; the whole suite would hold several GB at once. Remove a module's folders as
+# soon as its last test is done, unless one of its tests failed (then they stay for inspection).
+_module_state: dict = {"module": None, "before": set(), "failed": False}
+
+
+def _temp_children(config) -> set:
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:
+        return set()
+    base = factory.getbasetemp()
+    return set(base.iterdir()) if base.is_dir() else set()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.module is not _module_state["module"]:
+        _module_state.update(module=item.module, before=_temp_children(item.config), failed=False)
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _module_state["failed"] = True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # module-scoped fixtures are finalised inside this hook when the next test is in another module
+    if nextitem is not None and nextitem.module is item.module:
+        return
+    if _module_state["failed"]:
+        return
+    import shutil
+
+    for path in _temp_children(item.config) - _module_state["before"]:
+        shutil.rmtree(path, ignore_errors=True)
