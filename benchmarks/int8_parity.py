@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", default=["Kvasir", "CVC-ClinicDB"])
     parser.add_argument("--image_size", type=int, nargs=2, default=[352, 352])
     parser.add_argument("--calib_count", type=int, default=16)
+    parser.add_argument("--full_range", action="store_true",
+                        help="8-bit weights (reduce_range=False) instead of the export's default 7-bit weights")
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
     parser.add_argument("--limit", type=int, default=None, help="images per set (default: all)")
     parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.int8:
             start = time.perf_counter()
             info = export_onnx_int8(BUNDLE, int8_path, args.ckpt, calib_dir=args.data, calib_count=args.calib_count,
-                                    min_dice=0.0, image_size=size)
+                                    min_dice=0.0, reduce_range=not args.full_range, image_size=size)
             print(f"exported {int8_path} in {time.perf_counter() - start:.0f} s; export check on held-out training "
                   f"images: mean mask Dice {info['mean_dice']:.4f}, max |prob diff| {info['max_prob_diff']:.3f}")
         int8 = OnnxRuntimeNetwork(int8_path, intra_op_num_threads=args.threads)

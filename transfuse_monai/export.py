@@ -16,8 +16,9 @@ Files are written under a temporary name (:func:`transfuse_monai.utils.atomic_pa
 failed export or verification leaves nothing behind.
 
 ``onnx-int8`` (not in the default formats: calibration takes minutes) writes ``model_int8.onnx``: the ONNX export
-statically quantised by ONNX Runtime (QDQ, per-channel int8 weights, uint8 activations calibrated on the task's
-training images), checked against eager PyTorch on held-out training images by the Dice of the thresholded masks::
+statically quantised by ONNX Runtime (QDQ, per-channel int8 weights with 7-bit range, uint8 activations calibrated
+on the task's training images), checked against eager PyTorch on held-out training images by the Dice of the
+thresholded masks::
 
     python -m transfuse_monai.export bundles/polyp --formats onnx-int8 --calib_dir /data/polyp --calib_count 32
     cd bundles/polyp  # then run the bundle on the int8 model:
@@ -414,7 +415,7 @@ def quantize_onnx_int8(
     calibration: np.ndarray,
     op_types: Sequence[str] = INT8_OP_TYPES,
     per_channel: bool = True,
-    reduce_range: bool = False,
+    reduce_range: bool = True,
     nodes_to_exclude: Sequence[str] = (),
 ) -> None:
     """Quantise an fp32 ONNX model statically with ONNX Runtime (QDQ format, int8 weights, uint8 activations).
@@ -429,7 +430,9 @@ def quantize_onnx_int8(
         calibration: ``(N, C, *spatial)`` calibration images, e.g. from :func:`calibration_images`.
         op_types: operator types to quantise; the others stay in float32.
         per_channel: one weight scale per output channel (recommended for convolutions).
-        reduce_range: 7-bit weights, against the saturation of u8s8 products on x86 CPUs without VNNI.
+        reduce_range: 7-bit weights, against the saturation of the u8s8 products of x86 CPUs without VNNI (their
+            16-bit intermediate sums); ONNX Runtime's advice for such CPUs, and on TransFuse-S on an AVX2 host as
+            fast as 8-bit weights with closer masks (``benchmarks/README.md``). ``False`` for 8-bit weights.
         nodes_to_exclude: node names kept in float32.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -462,6 +465,7 @@ def export_onnx_int8(
     verify_count: int = 8,
     min_dice: float = INT8_MIN_DICE,
     opset: int = 18,
+    reduce_range: bool = True,
     **overrides,
 ) -> dict[str, float]:
     """Export a bundle's network to an int8 ONNX model (:func:`quantize_onnx_int8`) and verify it on real images.
@@ -482,6 +486,7 @@ def export_onnx_int8(
         verify_count: number of verification images.
         min_dice: smallest allowed mean Dice between the int8 and eager masks.
         opset: ONNX opset version.
+        reduce_range: 7-bit weights, see :func:`quantize_onnx_int8`.
         overrides: config ids to override (e.g. ``image_size``).
 
     Returns:
@@ -504,7 +509,7 @@ def export_onnx_int8(
     with atomic_path(filepath) as tmp, tempfile.TemporaryDirectory(prefix="tf_int8_") as tmp_dir:
         fp32 = Path(tmp_dir) / "model_fp32.onnx"
         export_onnx_model(net, fp32, shape, opset=opset)
-        quantize_onnx_int8(fp32, tmp, calib)
+        quantize_onnx_int8(fp32, tmp, calib, reduce_range=reduce_range)
         session = ort_session(tmp)  # as OnnxRuntimeNetwork runs it (graph optimisations on)
         out = np.concatenate([session.run(None, {"image": verify[i : i + 1]})[0] for i in range(len(verify))])
         with torch.no_grad():

@@ -195,7 +195,7 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
 
     note = f"ORT {ort.__version__}, {threads} intra-op threads, {exporter}" + (f"; {patched}" if patched else "")
     if int8:
-        note += "; static int8 (QDQ, per-channel, transfuse_monai.export.quantize_onnx_int8)"
+        note += "; static int8 (QDQ, per-channel 7-bit weights, transfuse_monai.export.quantize_onnx_int8)"
     return Runner(run_onnx, lambda x: x, setup, note)
 
 
