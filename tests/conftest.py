@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -24,6 +28,21 @@ def single_thread():
     """Tiny CPU models run much faster without intra-op thread contention."""
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="module")
+def deploy_python() -> Path:
+    """The isolated MONAI Deploy environment's interpreter (``bash deploy/setup_env.sh``; ``$DEPLOY_VENV``, default
+    ``.deploy-venv``): the SDK installs itself inside the ``monai`` package, so the test process never imports it.
+    Skips without it, except under CI (``CI=true``), where it fails."""
+    venv = Path(os.environ.get("DEPLOY_VENV") or REPO / ".deploy-venv")
+    python = venv / "bin" / "python"
+    if not os.access(python, os.X_OK):
+        msg = f"MONAI Deploy environment not found at {venv} (DEPLOY_VENV): create it with `bash deploy/setup_env.sh`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return python
 
 
 @pytest.fixture()

@@ -14,7 +14,8 @@ output must equal the bundle's own inference (``monai.bundle run``) on the same 
 The applications run in the isolated MONAI Deploy environment (``bash deploy/setup_env.sh``; path ``$DEPLOY_VENV``,
 default ``.deploy-venv``): the SDK installs itself inside the ``monai`` package, so this process never imports it.
 Without that environment the tests skip, except under CI (``CI=true``), where they fail. The DICOM applications are
-tested in ``test_deploy_dicom.py``, which uses the helpers of this module.
+tested in ``test_deploy_dicom.py``, which uses the helpers of this module; the ``deploy_python`` fixture is in
+``conftest.py``.
 """
 
 from __future__ import annotations
@@ -34,23 +35,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 APPS = REPO / "deploy" / "apps"
 LEGACY_APP = REPO / "deploy" / "transfuse_seg_app.py"
-DEPLOY_VENV = Path(os.environ.get("DEPLOY_VENV") or REPO / ".deploy-venv")
-DEPLOY_PYTHON = DEPLOY_VENV / "bin" / "python"
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file())
 IMAGE_HW = (90, 120)  # non-square, not the network size: exercises resizing back and the axis order
 VOLUME_SIZE = (40, 48, 6)  # prostate sample volume (x, y, z)
 TIMEOUT = 900
-
-
-@pytest.fixture(scope="module")
-def deploy_python() -> Path:
-    if not os.access(DEPLOY_PYTHON, os.X_OK):
-        msg = (f"MONAI Deploy environment not found at {DEPLOY_VENV} (DEPLOY_VENV): create it with "
-               "`bash deploy/setup_env.sh`")
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return DEPLOY_PYTHON
 
 
 def small_size(size) -> list[int]:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_deploy import REPO, Process, bundle_run, deploy_app, deploy_python, run_all, small_bundle  # noqa: F401
+from test_deploy import REPO, Process, bundle_run, deploy_app, run_all, small_bundle
 
 IMAGE_HW = (72, 96)
 T2_SIZE, T2_SPACING = (40, 48, 6), (0.6, 0.6, 3.6)  # (x = columns, y = rows, slices), mm
