@@ -207,6 +207,14 @@ def test_image_datalist_folder(tmp_path):
     assert out == [{"image": str(tmp_path / n)} for n in ("a.png", "b.jpg", "c.PNG")]
 
 
+def test_image_datalist_single_image(tmp_path):
+    image = _touch(tmp_path / "frame.JPG")
+    assert image_datalist(image) == [{"image": str(image)}]  # one image, not read as a JSON datalist
+    _touch(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match="notes.txt is neither an image .* nor a JSON datalist"):
+        image_datalist(tmp_path / "notes.txt")
+
+
 def test_image_datalist_json_list_relative_paths(tmp_path):
     _touch(tmp_path / "imgs" / "1.png")
     _touch(tmp_path / "imgs" / "2.png")

@@ -274,6 +274,8 @@ def test_inference_datalist_from_folder_or_json(tmp_path):
     assert len(items) == 3 and all(Path(i["image"]).is_file() for i in items)
     assert all(i["spacing"] == [0.143, 0.143] for i in items)
     assert len(radiograph_datalist(root / "images")) == 6
+    first = radiograph_datalist(root / "images")[0]["image"]
+    assert radiograph_datalist(first) == [{"image": first}]  # one radiograph as the input
     with pytest.raises(FileNotFoundError, match="inference input not found"):
         radiograph_datalist(tmp_path / "nothing")
 

@@ -206,6 +206,8 @@ def test_inference_datalist_sources(sample, tmp_path):
     listing.write_text(json.dumps({"testing": [{"image": str(sample / "imagesTr" / "prostate_00.nii.gz")}]}))
     assert [d["name"] for d in task.inference_datalist(listing)] == ["prostate_00"]
     assert len(task.inference_datalist([sample / "imagesTs" / "prostate_07.nii.gz"])) == 1
+    one = task.inference_datalist(sample / "imagesTs" / "prostate_08.nii.gz")  # one volume as the input
+    assert one == [folder[1]]
     with pytest.raises(FileNotFoundError, match="not found"):
         task.inference_datalist(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()

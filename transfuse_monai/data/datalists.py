@@ -309,19 +309,20 @@ def image_datalist(
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     exclude_suffixes: Sequence[str] = (),
 ) -> list[dict]:
-    """Datalist ``[{"image": path}, ...]`` for inference from a folder of images, a JSON datalist file (a list, or a
-    dict with a ``"testing"``/``"test"``/``"data"`` list, of paths or ``{"image": path}`` items; relative paths are
-    relative to the file), or a list.
+    """Datalist ``[{"image": path}, ...]`` for inference from a folder of images, one image file, a JSON datalist file
+    (a list, or a dict with a ``"testing"``/``"test"``/``"data"`` list, of paths or ``{"image": path}`` items; relative
+    paths are relative to the file), or a list.
 
     Args:
-        source: folder, JSON file or sequence of paths / items.
+        source: folder, image file, JSON file or sequence of paths / items.
         extensions: file extensions (lower case) taken from a folder.
         exclude_suffixes: skips the files of a folder whose stem ends with one of them (e.g. ``("_superpixels",)``
             for the ISIC 2017 data folders, which also hold superpixel maps).
 
     Raises:
         FileNotFoundError: ``source`` or one of the listed images does not exist.
-        ValueError: no image was found, or the JSON file has none of the expected keys.
+        ValueError: no image was found, a file is neither an image nor JSON, or the JSON file has none of the
+            expected keys.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -331,8 +332,14 @@ def image_datalist(
                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in tuple(extensions)
                 and not any(p.stem.endswith(sfx) for sfx in exclude_suffixes)
             ]
+        elif path.is_file() and path.suffix.lower() in tuple(extensions):  # one image
+            items = [str(path)]
         elif path.is_file():
-            content = json.loads(path.read_text())
+            try:
+                content = json.loads(path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"Inference input {path} is neither an image ({', '.join(extensions)}) nor a JSON "
+                                 f"datalist: {err}") from None
             if isinstance(content, dict):
                 content = next((content[k] for k in ("testing", "test", "data") if k in content), None)
                 if content is None:

@@ -455,9 +455,9 @@ def _load_json(path: Path) -> dict:
 
 
 def radiograph_datalist(source: str | os.PathLike, split: str = "test") -> list[dict]:
-    """Inference items ``[{"image": path[, "spacing": [row, col]]}, ...]`` from a folder of radiographs or a hip
-    datalist JSON (its ``split`` list: the images, with their datalist spacing; relative paths are relative to the
-    file's folder).
+    """Inference items ``[{"image": path[, "spacing": [row, col]]}, ...]`` from a folder of radiographs, one
+    radiograph, or a hip datalist JSON (its ``split`` list: the images, with their datalist spacing; relative paths
+    are relative to the file's folder).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
@@ -469,6 +469,8 @@ def radiograph_datalist(source: str | os.PathLike, split: str = "test") -> list[
             {"image": str(p)} for p in sorted(path.iterdir())
             if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(RADIOGRAPH_EXTENSIONS)
         ]
+    elif path.is_file() and path.name.lower().endswith(RADIOGRAPH_EXTENSIONS):  # one radiograph
+        items = [{"image": str(path)}]
     elif path.is_file():
         content = _load_json(path)
         key = HIP_DATALIST_KEYS.get(split, split)
@@ -483,7 +485,7 @@ def radiograph_datalist(source: str | os.PathLike, split: str = "test") -> list[
                 item["spacing"] = list(_as_spacing(spacing, f"'{path}' item '{item['image']}'"))
             items.append(item)
     else:
-        raise FileNotFoundError(f"inference input not found: '{path}' (a folder of radiographs or a datalist JSON)")
+        raise FileNotFoundError(f"inference input not found: '{path}' (a folder of radiographs, a radiograph or a datalist JSON)")
     if not items:
         raise ValueError(f"no radiograph ({', '.join(RADIOGRAPH_EXTENSIONS)}) found in '{path}'.")
     return items

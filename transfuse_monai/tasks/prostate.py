@@ -261,9 +261,9 @@ class ProstateTask(SegmentationTask):
         return [d for d in cases if (d["fold"] == fold) == (split == "val")]
 
     def inference_datalist(self, source: str | os.PathLike | Sequence, validate: bool = True) -> list[dict]:
-        """Images to segment: a folder of NIfTI files (``.nii``, ``.nii.gz``), an MSD folder (its ``test`` list
-        when it holds no NIfTI file itself), a JSON datalist (``test``, ``testing``, ``validation`` or ``training``
-        list, MSD style, paths relative to the file) or a list of paths / ``{"image": path}`` items.
+        """Images to segment: a folder of NIfTI files (``.nii``, ``.nii.gz``), one such file, an MSD folder (its
+        ``test`` list when it holds no NIfTI file itself), a JSON datalist (``test``, ``testing``, ``validation`` or
+        ``training`` list, MSD style, paths relative to the file) or a list of paths / ``{"image": path}`` items.
 
         Raises:
             FileNotFoundError: ``source`` does not exist.
@@ -282,6 +282,8 @@ class ProstateTask(SegmentationTask):
                     items = self._load_list(path, "test")
                 else:
                     raise ValueError(f"No NIfTI image (.nii, .nii.gz) and no dataset.json found in '{path}'.")
+            elif path.is_file() and path.name.lower().endswith(_NIFTI_EXTENSIONS):  # one volume
+                items = [{"image": str(path), "name": _stem(path)}]
             elif path.is_file():
                 content = self._read_json(path)
                 key = next((k for k in ("test", "testing", "validation", "training") if k in content), None)
