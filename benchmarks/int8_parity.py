@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib_count", type=int, default=16)
     parser.add_argument("--full_range", action="store_true",
                         help="8-bit weights (reduce_range=False) instead of the export's default 7-bit weights")
+    parser.add_argument("--float_modules", nargs="*", default=None, metavar="MODULE",
+                        help="submodules kept in float32 (default: the export's INT8_FLOAT_MODULES, the segmentation "
+                        "head; none: quantise everything)")
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
     parser.add_argument("--limit", type=int, default=None, help="images per set (default: all)")
     parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
@@ -105,20 +108,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from monai.bundle import ConfigParser
 
-    from transfuse_monai.export import export_onnx_int8, export_onnx_model, load_bundle_network
+    from transfuse_monai.export import INT8_FLOAT_MODULES, export_onnx_int8, export_onnx_model, load_bundle_network
     from transfuse_monai.inferers import OnnxRuntimeNetwork
     from transfuse_monai.tasks import get_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
     size = list(args.image_size)
+    float_modules = INT8_FLOAT_MODULES if args.float_modules is None else tuple(args.float_modules)
     net, _ = load_bundle_network(BUNDLE, args.ckpt, image_size=size)
     with tempfile.TemporaryDirectory(prefix="tf_int8_parity_") as tmp:
         int8_path = Path(args.int8) if args.int8 else Path(args.out or tmp) / "model_int8.onnx"
         if not args.int8:
             start = time.perf_counter()
             info = export_onnx_int8(BUNDLE, int8_path, args.ckpt, calib_dir=args.data, calib_count=args.calib_count,
-                                    min_dice=0.0, reduce_range=not args.full_range, image_size=size)
+                                    min_dice=0.0, reduce_range=not args.full_range, float_modules=float_modules,
+                                    image_size=size)
             print(f"exported {int8_path} in {time.perf_counter() - start:.0f} s; export check on held-out training "
                   f"images: mean mask Dice {info['mean_dice']:.4f}, max |prob diff| {info['max_prob_diff']:.3f}")
         int8 = OnnxRuntimeNetwork(int8_path, intra_op_num_threads=args.threads)
@@ -150,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         profile = profile_table({"int8": int8_path, "fp32": fp32_path}, size, args.profile, args.threads) \
             if args.profile else ""
 
-    print(f"\nint8 (ONNX Runtime, QDQ) vs fp32 eager PyTorch, {size[0]}x{size[1]}, checkpoint {args.ckpt}")
+    kept = f"{', '.join(float_modules)} in float32" if float_modules else "everything quantised"
+    if args.int8:
+        kept = f"model {args.int8}"
+    print(f"\nint8 (ONNX Runtime, QDQ; {kept}) vs fp32 eager PyTorch, {size[0]}x{size[1]}, checkpoint {args.ckpt}")
     print("| set | images | Dice fp32 | Dice int8 | mean abs Dice change | p95 abs Dice change "
           "| Dice(int8, fp32 masks) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

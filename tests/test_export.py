@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from transfuse_monai.export import (
+    INT8_FLOAT_MODULES,
     INT8_MIN_DICE,
     calibration_images,
     export_bundle,
@@ -19,6 +20,8 @@ from transfuse_monai.export import (
     load_bundle_network,
     main,
     mask_dice,
+    module_nodes,
+    quantize_onnx_int8,
 )
 from transfuse_monai.tasks import get_task
 
@@ -189,6 +192,74 @@ def test_onnx_int8_export_is_verified_and_quantised(int8_export):
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops, sorted(ops)
     assert path.stat().st_size < 0.5 * int8_export["ckpt"].stat().st_size  # int8 weights: about a quarter of fp32
+
+
+def _float_weight_convs(path: Path) -> set[str]:
+    """Names of the Conv nodes of an ONNX model whose weight is a float initializer (not a DequantizeLinear output)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    initializers = {t.name for t in model.graph.initializer}
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in initializers}
+
+
+@pytest.fixture(scope="module")
+def fp32_tiny(int8_export) -> Path:
+    """The fp32 ONNX export of the int8 fixture's checkpoint (the graph that the int8 export quantised)."""
+    path = int8_export["root"] / "fp32.onnx"
+    net, shape = load_bundle_network(REPO / "bundles" / "polyp", int8_export["ckpt"], image_size=TINY)
+    export_onnx_model(net, path, shape)
+    return path
+
+
+def test_int8_export_keeps_the_segmentation_head_in_float32(int8_export, fp32_tiny):
+    import onnx
+
+    heads = [m for m in dict(_network("polyp").named_modules()) if m == "head_final" or m.startswith("head_final.")]
+    assert INT8_FLOAT_MODULES == ("head_final",) and len(heads) > 1
+    head_convs = module_nodes(onnx.load(str(fp32_tiny)), INT8_FLOAT_MODULES, ["Conv"])["head_final"]
+    assert len(head_convs) == 2  # its 3x3 conv and the 1x1 conv to the logits
+    int8 = Path(int8_export["results"]["onnx-int8"]["file"])
+    assert _float_weight_convs(int8) == set(head_convs)  # every other convolution has int8 weights
+    assert len(_float_weight_convs(fp32_tiny)) > 40
+
+
+def test_module_nodes_reads_both_exporters_scopes():
+    from onnx import helper
+
+    def node(name, op="Conv", scopes=None):
+        n = helper.make_node(op, ["x"], ["y"], name=name)
+        if scopes is not None:
+            entry = n.metadata_props.add()
+            entry.key, entry.value = "pkg.torch.onnx.name_scopes", repr(scopes)
+        return n
+
+    nodes = [
+        node("node_conv2d_73", scopes=["", "head_final", "head_final.1", "head_final.1.conv", "conv2d_73"]),  # dynamo
+        node("node_MatMul_7", "MatMul", ["", "transformer", "transformer.blocks", "transformer.blocks.0", "mm"]),
+        node("/transformer/blocks/blocks.1/attn/qkv/MatMul", "MatMul"),  # TorchScript exporter names
+        node("/head_final/head_final.0/conv/Conv"),
+        node("/head_finally/conv/Conv"),  # a module whose name merely starts with another's
+        node("/transformer/blocks/blocks.10/mlp/fc1/Add", "Add"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    found = module_nodes(model, ["head_final", "transformer.blocks.1", "transformer.blocks", "decoder1"])
+    assert found == {
+        "head_final": ["node_conv2d_73", "/head_final/head_final.0/conv/Conv"],
+        "transformer.blocks.1": ["/transformer/blocks/blocks.1/attn/qkv/MatMul"],
+        "transformer.blocks": ["node_MatMul_7", "/transformer/blocks/blocks.1/attn/qkv/MatMul",
+                               "/transformer/blocks/blocks.10/mlp/fc1/Add"],
+        "decoder1": [],
+    }
+    assert module_nodes(model, ["transformer.blocks"], ["MatMul"])["transformer.blocks"] == found[
+        "transformer.blocks"][:2]
+
+
+def test_quantize_rejects_unknown_float_modules(fp32_tiny, tmp_path):
+    with pytest.raises(ValueError, match=r"float_modules \['head'\] match no Conv/MatMul/Gemm node"):
+        quantize_onnx_int8(fp32_tiny, tmp_path / "int8.onnx", np.zeros((1, 3, *TINY), np.float32),
+                           float_modules=["head_final", "head"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_calibration_images_fall_back_to_a_generated_sample(tmp_path, capsys):

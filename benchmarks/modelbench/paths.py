@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from transfuse_monai.export import INT8_FLOAT_MODULES
+
 REFERENCE_PATH = "eager"
 MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32", "cudagraphs", "int8")
 # compile is opt-in (--paths ... compile): inductor takes minutes per model and input shape on 2 cores
@@ -147,11 +149,17 @@ def exportable(model: nn.Module) -> tuple[nn.Module, str]:
     return model, (f"{n} MONAI ResNet 'A' shortcuts rewritten without .data for export" if n else "")
 
 
+#: segmentation heads kept in float32 by the ``onnx+int8`` path: ours (the library export's ``INT8_FLOAT_MODULES``)
+#: and the authors' TransFuse_S's head of the map it predicts with (``AuthorsTransFuseS.net.final_2``)
+INT8_HEADS = (*INT8_FLOAT_MODULES, "net.final_2")
+
+
 def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int, int8: bool = False) -> Runner:
     """Export with ``torch.onnx.export(dynamo=True)`` and a dynamic batch axis; run with ONNX Runtime (CPU).
 
     ``int8``: each exported graph is quantised first by :func:`quantize_onnx_int8` (the ``onnx-int8`` export of
-    ``transfuse_monai.export``; calibrated here on random images, as the weights are random too).
+    ``transfuse_monai.export``; calibrated here on random images, as the weights are random too), the model's
+    segmentation head (:data:`INT8_HEADS`) kept in float32 as the library's export does.
 
     Fallback, reported in the row's note: when the dynamo export fails, or its graph does not run at batch 1 and
     ``batch``, the TorchScript-based exporter (``dynamo=False``) writes one static-shape graph per batch size.
@@ -161,6 +169,8 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
 
     start = time.perf_counter()
     model, patched = exportable(model)
+    submodules = dict(model.named_modules())
+    heads = [m for m in INT8_HEADS if m in submodules]
     stem = tmpdir / f"model_{os.getpid()}_{id(model)}"
     sessions: dict[int, object] = {}
     exporter = "dynamo export, dynamic batch"
@@ -173,7 +183,7 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
             torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["pred"],
                               opset_version=18, dynamo=True, dynamic_shapes=({0: dim},), external_data=True,
                               verbose=False)
-            session = _ort_session(_int8_model(path, size) if int8 else path, threads)
+            session = _ort_session(_int8_model(path, size, heads) if int8 else path, threads)
             for b in sorted({1, batch}):
                 session.run(None, {"image": np.zeros((b, 3, *size), np.float32)})
                 sessions[b] = session
@@ -185,7 +195,7 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
                 path = stem.with_name(f"{stem.name}_b{b}.onnx")
                 torch.onnx.export(model, (torch.randn(b, 3, *size),), str(path), input_names=["image"],
                                   output_names=["pred"], opset_version=18, dynamo=False)
-                sessions[b] = _ort_session(_int8_model(path, size) if int8 else path, threads)
+                sessions[b] = _ort_session(_int8_model(path, size, heads) if int8 else path, threads)
     setup = time.perf_counter() - start
 
     def run_onnx(x):
@@ -195,19 +205,21 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
 
     note = f"ORT {ort.__version__}, {threads} intra-op threads, {exporter}" + (f"; {patched}" if patched else "")
     if int8:
-        note += "; static int8 (QDQ, per-channel 7-bit weights, transfuse_monai.export.quantize_onnx_int8)"
+        note += ("; static int8 (QDQ, per-channel 7-bit weights, transfuse_monai.export.quantize_onnx_int8"
+                 + (f", {'/'.join(heads)} in float32)" if heads else ")"))
     return Runner(run_onnx, lambda x: x, setup, note)
 
 
-def _int8_model(path: Path, size, calib_images: int = 4) -> Path:
-    """``path`` quantised to int8 by the library's ``onnx-int8`` export (:func:`quantize_onnx_int8`), calibrated on
-    ``calib_images`` seeded random images (the benchmark's models have random weights); returns the new file."""
+def _int8_model(path: Path, size, float_modules=(), calib_images: int = 4) -> Path:
+    """``path`` quantised to int8 by the library's ``onnx-int8`` export (:func:`quantize_onnx_int8`, the submodules
+    ``float_modules`` kept in float32), calibrated on ``calib_images`` seeded random images (the benchmark's models
+    have random weights); returns the new file."""
     from transfuse_monai.export import quantize_onnx_int8
 
     g = torch.Generator().manual_seed(0)
     calibration = torch.randn(calib_images, 3, *size, generator=g).numpy()
     out = path.with_name(f"{path.stem}_int8.onnx")
-    quantize_onnx_int8(path, out, calibration)
+    quantize_onnx_int8(path, out, calibration, float_modules=float_modules)
     return out
 
 
