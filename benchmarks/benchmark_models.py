@@ -39,8 +39,9 @@ Paths (``--paths``; a path is a ``+``-joined set of modifiers, e.g. ``channels_l
 * ``onnx``: ``torch.onnx.export(dynamo=True)`` (dynamic batch) run by ONNX Runtime's CPU provider with as many
   intra-op threads as torch uses; export + session creation is the set-up time. CPU only.
 * ``onnx+int8``: the ``onnx`` graph statically quantised to int8 by ``transfuse_monai.export.quantize_onnx_int8`` (the
-  library's ``onnx-int8`` export: QDQ, per-channel int8 weights of Conv/MatMul/Gemm, uint8 activations), calibrated
-  on 4 random images (the weights are random too); judged like the reduced-precision paths (mask flips).
+  library's ``onnx-int8`` export: QDQ, per-channel int8 weights of Conv/MatMul/Gemm, uint8 activations, the
+  segmentation head in float32), calibrated on 4 random images (the weights are random too); judged like the
+  reduced-precision paths (mask flips, which a random-weight network's near-zero logits make meaningless for int8).
   ``benchmarks/int8_parity.py`` measures a trained checkpoint on real images. CPU only.
 * ``trt``: TensorRT through MONAI's ``convert_to_trt`` (the converter behind ``monai.bundle trt_export``), fp16 or fp32
   (``trt+fp32``). CUDA only; on a machine without GPU it is reported as skipped.

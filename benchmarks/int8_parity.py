@@ -12,7 +12,8 @@ models' masks. Goal of the int8 path: mean change <= 0.005 and p95 <= 0.02.
     python benchmarks/int8_parity.py --ckpt models/model.pt --data /data/polyp --int8 models/model_int8.onnx
 
 Without ``--int8`` the model is exported first with ``transfuse_monai.export.export_onnx_int8`` (calibrated on
-``--calib_count`` training images of ``--data``) to ``--out`` (default a temporary folder).
+``--calib_count`` training images of ``--data``; the segmentation head kept in float32 unless ``--float_modules``
+names other submodules, or none) to ``--out`` (default a temporary folder).
 """
 
 from __future__ import annotations
