@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float_modules", nargs="*", default=None, metavar="MODULE",
                         help="submodules kept in float32 (default: the export's INT8_FLOAT_MODULES, the segmentation "
                         "head; none: quantise everything)")
+    parser.add_argument("--activation_products", action="store_true",
+                        help="quantise attention's products of two activations (q.k^T, attn.v) too")
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
     parser.add_argument("--limit", type=int, default=None, help="images per set (default: all)")
     parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             info = export_onnx_int8(BUNDLE, int8_path, args.ckpt, calib_dir=args.data, calib_count=args.calib_count,
                                     min_dice=0.0, reduce_range=not args.full_range, float_modules=float_modules,
-                                    image_size=size)
+                                    activation_products=args.activation_products, image_size=size)
             print(f"exported {int8_path} in {time.perf_counter() - start:.0f} s; export check on held-out training "
                   f"images: mean mask Dice {info['mean_dice']:.4f}, max |prob diff| {info['max_prob_diff']:.3f}")
         int8 = OnnxRuntimeNetwork(int8_path, intra_op_num_threads=args.threads)
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = profile_table({"int8": int8_path, "fp32": fp32_path}, size, args.profile, args.threads) \
             if args.profile else ""
 
-    kept = f"{', '.join(float_modules)} in float32" if float_modules else "everything quantised"
+    kept = [*float_modules] + ([] if args.activation_products else ["attention's activation x activation products"])
+    kept = ", ".join(kept) + " in float32" if kept else "everything quantised"
     if args.int8:
         kept = f"model {args.int8}"
     print(f"\nint8 (ONNX Runtime, QDQ; {kept}) vs fp32 eager PyTorch, {size[0]}x{size[1]}, checkpoint {args.ckpt}")

@@ -224,6 +224,21 @@ def test_int8_export_keeps_the_segmentation_head_in_float32(int8_export, fp32_ti
     assert len(_float_weight_convs(fp32_tiny)) > 40
 
 
+def test_int8_export_keeps_attention_products_in_float32(int8_export, fp32_tiny):
+    """Linear layers' MatMuls get int8 weights; attention's q.k^T and attn.v (two activations) stay float32."""
+    import onnx
+
+    model = onnx.load(str(int8_export["results"]["onnx-int8"]["file"]))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    quantised = [n for n in matmuls if all(producer.get(i) == "DequantizeLinear" for i in n.input)]
+    plain = [n for n in matmuls if not any(producer.get(i) == "DequantizeLinear" for i in n.input)]
+    depth = len(_network("polyp").transformer.blocks)
+    assert len(plain) == 2 * depth and len(quantised) == 4 * depth  # qkv, proj, fc1, fc2 per block
+    initializers = {t.name for t in model.graph.initializer}
+    assert not any(set(n.input) & initializers for n in plain)
+
+
 def test_module_nodes_reads_both_exporters_scopes():
     from onnx import helper
 

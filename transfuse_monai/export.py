@@ -17,8 +17,9 @@ failed export or verification leaves nothing behind.
 
 ``onnx-int8`` (not in the default formats: calibration takes minutes) writes ``model_int8.onnx``: the ONNX export
 statically quantised by ONNX Runtime (QDQ, per-channel int8 weights with 7-bit range, uint8 activations calibrated
-on the task's training images; the segmentation head, :data:`INT8_FLOAT_MODULES`, kept in float32), checked against
-eager PyTorch on held-out training images by the Dice of the thresholded masks::
+on the task's training images; the segmentation head, :data:`INT8_FLOAT_MODULES`, and attention's products of two
+activations kept in float32), checked against eager PyTorch on held-out training images by the Dice of the
+thresholded masks::
 
     python -m transfuse_monai.export bundles/polyp --formats onnx-int8 --calib_dir /data/polyp --calib_count 32
     cd bundles/polyp  # then run the bundle on the int8 model:
@@ -66,15 +67,15 @@ __all__ = [
 FORMATS = ("torchscript", "onnx", "onnx-int8")
 #: formats exported when none is named (``onnx-int8`` needs calibration images and minutes: opt-in)
 DEFAULT_FORMATS = ("torchscript", "onnx")
-#: operators quantised to int8 (convolutions and the matrix products of attention, MLPs and BiFusion); element-wise
-#: operators, normalisations, softmax and resizes stay in float32
+#: operators quantised to int8 (convolutions, the Linear layers of attention, MLPs and BiFusion); element-wise
+#: operators, normalisations, softmax, resizes and, by default, attention's products of two activations stay in float32
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
 #: default of ``min_dice``: mean Dice of the int8 and eager masks on the verification images
 INT8_MIN_DICE = 0.95
 #: submodules the int8 export keeps in float32: TransFuse's segmentation head (3x3 conv + 1x1 conv to the logits at
 #: H/4). Quantising its input flips the pixels whose logits lie near the threshold: on the 162 polyp test images
 #: with a trained checkpoint, the per-image Dice change against fp32 falls from 0.0067 mean / 0.0216 p95 to
-#: 0.0030 / 0.0103 with the head in float32, for about 2% of the int8 latency (``benchmarks/README.md``)
+#: 0.0030 / 0.0103 with the head in float32, for at most 2% of the int8 latency (``benchmarks/README.md``)
 INT8_FLOAT_MODULES = ("head_final",)
 
 
@@ -458,6 +459,14 @@ def module_nodes(model, modules: Sequence[str], op_types: Sequence[str] | None =
     return found
 
 
+def _activation_products(model) -> list[str]:
+    """Names of the MatMul nodes of an ONNX graph that multiply two activations: neither input is an initializer
+    or a ``Constant`` (attention's q.k^T and attn.v, not the weighted products of Linear layers)."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not set(n.input) & constants]
+
+
 def quantize_onnx_int8(
     fp32_path: str | os.PathLike,
     filepath: str | os.PathLike,
@@ -467,6 +476,7 @@ def quantize_onnx_int8(
     reduce_range: bool = True,
     nodes_to_exclude: Sequence[str] = (),
     float_modules: Sequence[str] = (),
+    activation_products: bool = False,
 ) -> None:
     """Quantise an fp32 ONNX model statically with ONNX Runtime (QDQ format, int8 weights, uint8 activations).
 
@@ -486,6 +496,10 @@ def quantize_onnx_int8(
         nodes_to_exclude: node names kept in float32.
         float_modules: submodules of the exported network kept in float32 (their ``op_types`` nodes, found by
             :func:`module_nodes`), e.g. :data:`INT8_FLOAT_MODULES`.
+        activation_products: also quantise the MatMuls of two activations (attention's q.k^T and attn.v) and so the
+            softmax between them. Off by default: on a CPU without VNNI, ONNX Runtime's uint8 x uint8 products and
+            its quantised softmax are slow, and TransFuse-S runs about 5% faster with them in float32, with the
+            same masks (``benchmarks/README.md``).
 
     Raises:
         ValueError: a module of ``float_modules`` has no node of ``op_types`` in the graph (nothing is written).
@@ -513,6 +527,8 @@ def quantize_onnx_int8(
     with tempfile.TemporaryDirectory(prefix="tf_int8_") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        if not activation_products and "MatMul" in op_types:  # ONNX Runtime's MatMulConstBOnly is QOperator-only
+            exclude += _activation_products(onnx.load(str(pre), load_external_data=False))
         quantize_static(
             str(pre), str(filepath), _Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
             per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
@@ -531,6 +547,7 @@ def export_onnx_int8(
     opset: int = 18,
     reduce_range: bool = True,
     float_modules: Sequence[str] = INT8_FLOAT_MODULES,
+    activation_products: bool = False,
     **overrides,
 ) -> dict[str, float]:
     """Export a bundle's network to an int8 ONNX model (:func:`quantize_onnx_int8`) and verify it on real images.
@@ -553,6 +570,7 @@ def export_onnx_int8(
         opset: ONNX opset version.
         reduce_range: 7-bit weights, see :func:`quantize_onnx_int8`.
         float_modules: submodules kept in float32, see :func:`quantize_onnx_int8`.
+        activation_products: quantise attention's products of two activations too, see :func:`quantize_onnx_int8`.
         overrides: config ids to override (e.g. ``image_size``).
 
     Returns:
@@ -575,7 +593,8 @@ def export_onnx_int8(
     with atomic_path(filepath) as tmp, tempfile.TemporaryDirectory(prefix="tf_int8_") as tmp_dir:
         fp32 = Path(tmp_dir) / "model_fp32.onnx"
         export_onnx_model(net, fp32, shape, opset=opset)
-        quantize_onnx_int8(fp32, tmp, calib, reduce_range=reduce_range, float_modules=float_modules)
+        quantize_onnx_int8(fp32, tmp, calib, reduce_range=reduce_range, float_modules=float_modules,
+                           activation_products=activation_products)
         session = ort_session(tmp)  # as OnnxRuntimeNetwork runs it (graph optimisations on)
         out = np.concatenate([session.run(None, {"image": verify[i : i + 1]})[0] for i in range(len(verify))])
         with torch.no_grad():

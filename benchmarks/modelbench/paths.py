@@ -205,8 +205,8 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
 
     note = f"ORT {ort.__version__}, {threads} intra-op threads, {exporter}" + (f"; {patched}" if patched else "")
     if int8:
-        note += ("; static int8 (QDQ, per-channel 7-bit weights, transfuse_monai.export.quantize_onnx_int8"
-                 + (f", {'/'.join(heads)} in float32)" if heads else ")"))
+        note += ("; static int8 (QDQ, per-channel 7-bit weights, transfuse_monai.export.quantize_onnx_int8; "
+                 "activation x activation products" + (f" and {'/'.join(heads)}" if heads else "") + " in float32)")
     return Runner(run_onnx, lambda x: x, setup, note)
 
 
