@@ -158,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         profile = profile_table({"int8": int8_path, "fp32": fp32_path}, size, args.profile, args.threads) \
             if args.profile else ""
 
-    kept = [*float_modules] + ([] if args.activation_products else ["attention's activation x activation products"])
-    kept = ", ".join(kept) + " in float32" if kept else "everything quantised"
     if args.int8:
         kept = f"model {args.int8}"
+    else:
+        kept = [*float_modules] + ([] if args.activation_products else ["attention's activation x activation products"])
+        kept = ", ".join(kept) + " in float32" if kept else "everything quantised"
     print(f"\nint8 (ONNX Runtime, QDQ; {kept}) vs fp32 eager PyTorch, {size[0]}x{size[1]}, checkpoint {args.ckpt}")
     print("| set | images | Dice fp32 | Dice int8 | mean abs Dice change | p95 abs Dice change "
           "| Dice(int8, fp32 masks) |")

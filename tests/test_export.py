@@ -224,7 +224,7 @@ def test_int8_export_keeps_the_segmentation_head_in_float32(int8_export, fp32_ti
     assert len(_float_weight_convs(fp32_tiny)) > 40
 
 
-def test_int8_export_keeps_attention_products_in_float32(int8_export, fp32_tiny):
+def test_int8_export_keeps_attention_products_in_float32(int8_export):
     """Linear layers' MatMuls get int8 weights; attention's q.k^T and attn.v (two activations) stay float32."""
     import onnx
 

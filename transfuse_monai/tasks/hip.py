@@ -485,7 +485,9 @@ def radiograph_datalist(source: str | os.PathLike, split: str = "test") -> list[
                 item["spacing"] = list(_as_spacing(spacing, f"'{path}' item '{item['image']}'"))
             items.append(item)
     else:
-        raise FileNotFoundError(f"inference input not found: '{path}' (a folder of radiographs, a radiograph or a datalist JSON)")
+        raise FileNotFoundError(
+            f"inference input not found: '{path}' (a folder of radiographs, a radiograph or a datalist JSON)"
+        )
     if not items:
         raise ValueError(f"no radiograph ({', '.join(RADIOGRAPH_EXTENSIONS)}) found in '{path}'.")
     return items
