@@ -24,7 +24,8 @@ setup(
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "dev": read_requirements("requirements-dev.txt"),
-        "export": ["onnx", "onnxscript", "onnxruntime"],
+        # kept for existing install commands: the export's requirements are part of install_requires now
+        "export": [],
         # experiment tracking: python -m monai.bundle run ... --tracking mlflow (a local SQLite store by default)
         "mlflow": ["mlflow-skinny>=3", "sqlalchemy", "alembic"],
     },

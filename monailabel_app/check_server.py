@@ -1,4 +1,4 @@
-"""End-to-end check of the MONAI Label server with this repository's 2D bundles, over HTTP on localhost.
+"""End-to-end check of the MONAI Label server with this repository's bundles, over HTTP on localhost.
 
 Run with the server environment's Python (``bash monailabel_app/setup_server_env.sh`` builds it)::
 
@@ -10,13 +10,16 @@ What it does, in a temporary folder:
 1. builds a MONAI Label app exactly as README's recipe does: a copy of this folder with each bundle's ``configs``
    copied to ``model/<name>`` and a randomly initialised TransFuse (``pretrained=False``) saved as its
    ``models/model.pt`` (the plumbing is under test, not the weights);
-2. writes a JPEG and a PNG frame of different non-square sizes (RGB, or grey-scale for a 1-channel bundle) into the
-   studies folder;
-3. starts ``monailabel start_server`` on a free localhost port with README's command line, waits for ``/info``;
-4. for every bundle and frame, ``POST /infer/<bundle>`` twice, with nothing but the image: as a multipart file
-   upload, and by the image's id in the datastore; and checks that the returned label is a PNG (lossless whatever
-   the input's format), single-channel uint8, of the frame's size, with pixel values in ``{0}`` and the foreground
-   keys of the bundle's ``channel_def`` (configs/metadata.json);
+2. writes into the studies folder, for a 2D bundle a JPEG and a PNG frame of different non-square sizes (RGB, or
+   grey-scale for a 1-channel bundle), for a volume bundle (prostate) a 4D NIfTI T2 + ADC volume of a non-square
+   in-plane size with an LPS-like affine (the task's ``make_sample``);
+3. starts ``monailabel start_server`` on a free localhost port with README's command line, waits for ``/info`` and
+   checks each model's ``dimension`` (the task's ``spatial_dims``: 2, or 3 for prostate) and ``labels`` (the
+   foreground keys of the bundle's ``channel_def`` in configs/metadata.json);
+4. for every bundle and image, ``POST /infer/<bundle>`` twice, with nothing but the image: as a multipart file
+   upload, and by the image's id in the datastore; and checks the returned label: for a frame a PNG (lossless
+   whatever the input's format), single-channel uint8, of the frame's size; for a volume a NIfTI, uint8, of the
+   volume's spatial shape and affine; in both cases with values in ``{0}`` and the foreground ``channel_def`` keys;
 5. prints a table, stops the server and exits non-zero on any failure (the server's log is printed then).
 """
 
@@ -36,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import requests
 import torch
@@ -43,14 +47,19 @@ from PIL import Image
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 from transfuse_monai.networks.nets import TransFuse
-from transfuse_monai.tasks import get_task
+from transfuse_monai.tasks import SegmentationTask, get_task
 
 APP_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APP_DIR.parent
-BUNDLES_2D = ("polyp", "isic2017", "hip")
+BUNDLES = ("polyp", "isic2017", "hip", "prostate")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (format, suffix, (width, height)): non-square, and different per format, so that a transposed label shows
 FRAMES = (("JPEG", ".jpg", (96, 72)), ("PNG", ".png", (80, 56)))
+# a volume bundle's input: (x, y, z) voxels, non-square in-plane so that a transposed label shows; a few slices
+VOLUME_SIZE = (56, 64, 8)
+NIFTI_SUFFIX = ".nii.gz"
+# ITK writes the label's geometry in float32 (origin and spacing in mm)
+AFFINE_ATOL = 1e-4
 # README's command line, less the paths and the port (see server_command)
 SERVER_CONF = {"preload": "true"}
 
@@ -108,7 +117,6 @@ def make_app(dest: Path, bundles: list[str], size: int | None) -> Path:
 
 def make_frames(studies: Path, channels: int) -> list[Path]:
     """A JPEG and a PNG frame (a bright disc on a textured background), RGB or grey-scale."""
-    studies.mkdir(parents=True, exist_ok=True)
     frames = []
     for fmt, suffix, (width, height) in FRAMES:
         rng = np.random.default_rng(width)
@@ -120,6 +128,31 @@ def make_frames(studies: Path, channels: int) -> list[Path]:
         (image.convert("L") if channels == 1 else image).save(path, format=fmt)
         frames.append(path)
     return frames
+
+
+def make_volume(studies: Path, task: SegmentationTask) -> Path:
+    """One case of the volume task's generated sample (prostate's ``make_sample``: T2 + ADC in the last axis, an
+    LPS-like affine with a random origin) as ``volume_<channel names>.nii.gz``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = Path(task.make_sample(tmp, n_train=1, size=VOLUME_SIZE, channels=task.in_channels))
+        (case,) = (sample / "imagesTr").iterdir()
+        path = studies / f"volume_{'_'.join(task.channel_names).lower()}{NIFTI_SUFFIX}"
+        shutil.copy(case, path)
+    return path
+
+
+def make_images(studies: Path, bundle: str) -> list[Path]:
+    """The datastore images a bundle is checked on: two frames for a 2D bundle, a volume for a 3D one."""
+    studies.mkdir(parents=True, exist_ok=True)
+    task = get_task(bundle)
+    if task.spatial_dims == 3:
+        return [make_volume(studies, task)]
+    return make_frames(studies, task.in_channels)
+
+
+def image_id(path: Path) -> str:
+    """The image's id in MONAI Label's local datastore: its file name without the extension (``.nii.gz`` whole)."""
+    return path.name[: -len(NIFTI_SUFFIX)] if path.name.endswith(NIFTI_SUFFIX) else path.stem
 
 
 def free_port() -> int:
@@ -164,7 +197,7 @@ def returned_label(response: requests.Response) -> tuple[str, bytes]:
 
 
 def check_label(content: bytes, size: tuple[int, int], allowed: set[int]) -> tuple[list[int], list[str]]:
-    """Pixel values of the label and the list of its problems (empty when it is right)."""
+    """Pixel values of a 2D label and the list of its problems (empty when it is right)."""
     problems = []
     if not content.startswith(PNG_SIGNATURE):
         problems.append(f"not a PNG (starts with {content[:4]!r})")
@@ -180,44 +213,83 @@ def check_label(content: bytes, size: tuple[int, int], allowed: set[int]) -> tup
     return values, problems
 
 
-def run_checks(url: str, info: dict, app: Path, frames: dict[str, list[Path]]) -> list[dict]:
-    """Check ``/info`` and ``/infer`` for every bundle (``frames``: bundle name -> its frames in the datastore)."""
+def check_volume_label(
+    content: bytes, file_name: str, volume: Path, allowed: set[int]
+) -> tuple[list[int], list[str]]:
+    """Voxel values of a volume label and the list of its problems: a uint8 NIfTI with the volume's spatial shape and
+    affine (the source file's header) and class values."""
+    if not file_name.endswith((".nii", NIFTI_SUFFIX)):
+        return [], [f"not a NIfTI file name: {file_name!r} (starts with {content[:4]!r})"]
+    problems = []
+    source = nib.load(volume)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(file_name).name
+        path.write_bytes(content)
+        label = nib.load(path)
+        array = np.asarray(label.dataobj)
+        affine = label.affine
+    if array.shape != source.shape[:3]:
+        problems.append(f"shape {array.shape} != the volume's spatial shape {source.shape[:3]}")
+    if array.dtype != np.uint8:
+        problems.append(f"dtype {array.dtype}, expected uint8")
+    if not np.allclose(affine, source.affine, rtol=0, atol=AFFINE_ATOL):
+        problems.append(f"affine {affine.round(4).tolist()} != the volume's {source.affine.round(4).tolist()}")
+    values = sorted(int(v) for v in np.unique(array))
+    if not set(values) <= allowed:
+        problems.append(f"values {sorted(set(values) - allowed)} are not class values {sorted(allowed)}")
+    return values, problems
+
+
+def check_info(models: dict, name: str, labels: dict[str, int], dimension: int) -> list[str]:
+    """Problems of ``/info``'s entry for a model: missing, other labels or another dimension than expected."""
+    if name not in models:
+        return [f"/info lists no model '{name}' (models: {sorted(models)})"]
+    problems = []
+    if models[name].get("labels") != labels:
+        problems.append(f"/info labels {models[name].get('labels')} != channel_def {labels}")
+    if models[name].get("dimension") != dimension:
+        problems.append(f"/info dimension {models[name].get('dimension')} != {dimension} (the task's spatial_dims)")
+    return problems
+
+
+def run_checks(url: str, info: dict, app: Path, images: dict[str, list[Path]]) -> list[dict]:
+    """Check ``/info`` and ``/infer`` for every bundle (``images``: bundle name -> its images in the datastore)."""
     rows = []
     models = info.get("models", {})
-    for name, bundle_frames in frames.items():
+    for name, bundle_images in images.items():
         classes = foreground_values(app / "model" / name)
-        expected = {v.lower(): k for k, v in classes.items()}
-        problem = None
-        if name not in models:
-            problem = f"/info lists no model '{name}' (models: {sorted(models)})"
-        elif models[name].get("labels") != expected:
-            problem = f"/info labels {models[name].get('labels')} != channel_def {expected}"
-        rows.append({"bundle": name, "request": "/info", "frame": "-", "seconds": 0.0, "values": "-",
-                     "problems": [problem] if problem else []})
-        for frame in bundle_frames:
-            with Image.open(frame) as img:
-                size = img.size
+        dimension = get_task(name).spatial_dims
+        problems = check_info(models, name, {v.lower(): k for k, v in classes.items()}, dimension)
+        rows.append({"bundle": name, "request": "/info", "image": f"dimension {dimension}", "seconds": 0.0,
+                     "values": "-", "problems": problems})
+        for image in bundle_images:
+            if dimension == 2:
+                with Image.open(image) as img:
+                    size = img.size
             for mode in ("upload", "datastore"):
                 start = time.monotonic()
                 if mode == "upload":
-                    with open(frame, "rb") as fp:
+                    with open(image, "rb") as fp:
                         response = requests.post(
-                            f"{url}/infer/{name}", files={"file": (frame.name, fp)}, data={"params": "{}"}, timeout=600
+                            f"{url}/infer/{name}", files={"file": (image.name, fp)}, data={"params": "{}"}, timeout=600
                         )
-                else:  # the datastore's image id is the file name without its extension
+                else:
                     response = requests.post(
-                        f"{url}/infer/{name}", params={"image": frame.stem}, data={"params": "{}"}, timeout=600
+                        f"{url}/infer/{name}", params={"image": image_id(image)}, data={"params": "{}"}, timeout=600
                     )
                 seconds = time.monotonic() - start
-                row = {"bundle": name, "request": f"/infer ({mode})", "frame": frame.name, "seconds": seconds,
+                row = {"bundle": name, "request": f"/infer ({mode})", "image": image.name, "seconds": seconds,
                        "values": "-", "problems": []}
                 if response.status_code != 200:
                     row["problems"].append(f"HTTP {response.status_code}: {response.text[:300]}")
                 else:
                     try:
                         file_name, content = returned_label(response)
-                        values, row["problems"] = check_label(content, size, {0, *classes})
-                        row["values"] = f"{values} {Path(file_name).suffix or '?'}"
+                        if dimension == 2:
+                            values, row["problems"] = check_label(content, size, {0, *classes})
+                        else:
+                            values, row["problems"] = check_volume_label(content, file_name, image, {0, *classes})
+                        row["values"] = f"{values} {''.join(Path(file_name).suffixes) or '?'}"
                     except Exception as err:  # noqa: BLE001 (report any malformed answer as a failed check)
                         row["problems"].append(f"{type(err).__name__}: {err}")
                 rows.append(row)
@@ -225,18 +297,18 @@ def run_checks(url: str, info: dict, app: Path, frames: dict[str, list[Path]]) -
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'bundle':<9} {'request':<18} {'frame':<22} {'s':>5}  {'label values':<18} result"
+    header = f"{'bundle':<9} {'request':<18} {'image':<22} {'s':>5}  {'label values':<18} result"
     print(header)
     print("-" * len(header))
     for row in rows:
         result = "ok" if not row["problems"] else "FAIL: " + "; ".join(row["problems"])
-        print(f"{row['bundle']:<9} {row['request']:<18} {row['frame']:<22} {row['seconds']:>5.1f}  "
+        print(f"{row['bundle']:<9} {row['request']:<18} {row['image']:<22} {row['seconds']:>5.1f}  "
               f"{row['values']:<18} {result}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundles", default=",".join(BUNDLES_2D), help="comma-separated 2D bundles to serve")
+    parser.add_argument("--bundles", default=",".join(BUNDLES), help="comma-separated bundles to serve")
     parser.add_argument("--image_size", type=int, default=None,
                         help="set the bundles' image_size to N x N (default: each bundle's own size)")
     parser.add_argument("--python", default=sys.executable,
@@ -259,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     failure = None
     try:
         app = make_app(tmp, bundles, args.image_size)
-        # the datastore holds the frames before the server starts
-        frames = {name: make_frames(studies, get_task(name).in_channels) for name in bundles}
+        # the datastore holds the images before the server starts
+        images = {name: make_images(studies, name) for name in bundles}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = server_command(args.python, app, studies, bundles, port)
@@ -272,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         info = wait_for_info(url, server, args.startup_timeout)
         startup = time.monotonic() - begin
         print(f"server up after {startup:.1f} s (app built, models loaded): models {sorted(info.get('models', {}))}")
-        rows = run_checks(url, info, app, frames)
+        rows = run_checks(url, info, app, images)
     except Exception as err:  # noqa: BLE001 (any failure is reported with the server log below)
         failure = f"{type(err).__name__}: {err}"
     finally:

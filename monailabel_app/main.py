@@ -2,7 +2,7 @@
 
 Run from the MONAI Label server environment (``bash monailabel_app/setup_server_env.sh``)::
 
-    monailabel start_server --app <copy of this folder> --studies /data/frames --conf models polyp,isic2017,hip
+    monailabel start_server --app <copy of this folder> --studies /data/images --conf models polyp,isic2017,hip,prostate
 
 ``--conf models`` names bundle folders under ``<app>/model/`` (``--conf bundles_dir DIR`` to keep them elsewhere),
 each a copy of ``bundles/<name>`` with its weights at ``models/model.pt``. The app never downloads anything: no model
@@ -10,8 +10,10 @@ zoo look-up and no SAM2, so it starts offline.
 
 Labels: MONAI Label writes a label in the request's ``result_extension`` and, without one, in the input image's
 format, which for endoscopy and dermoscopy frames is JPEG: a lossy label whose pixels are no longer the class values.
-Here a 2D model's label defaults to a uint8 PNG instead, so a client that sends only the image gets pixel values in
-``{0} | channel_def`` keys; a request that sets ``result_extension`` / ``result_dtype`` still gets what it asks for.
+Here a 2D model's label defaults to a uint8 PNG instead, and a volume model's (``dimension`` 3, e.g. prostate) to a
+uint8 label in the input's format (a NIfTI volume for a NIfTI input, on the input's grid and affine), so a client that
+sends only the image gets values in ``{0} | channel_def`` keys; a request that sets ``result_extension`` /
+``result_dtype`` still gets what it asks for.
 """
 
 from __future__ import annotations
@@ -35,22 +37,22 @@ import transfuse_monai
 logger = logging.getLogger(__name__)
 
 LABEL_EXTENSION_2D = ".png"
-LABEL_DTYPE_2D = "uint8"
+LABEL_DTYPE = "uint8"
 
 
 class LosslessLabelBundleInferTask(BundleInferTask):
-    """``BundleInferTask`` whose 2D labels are uint8 PNGs unless the request sets ``result_extension`` or
-    ``result_dtype``.
+    """``BundleInferTask`` whose labels are uint8 class values, 2D ones as PNGs, unless the request sets
+    ``result_dtype`` / ``result_extension``.
 
-    Volumes (``dimension`` 3) keep MONAI Label's default, the input's format (e.g. NIfTI).
+    Volumes (``dimension`` 3, from a 3-element ``spatial_shape`` in the bundle's ``metadata.json``) keep MONAI Label's
+    default format, the input's (e.g. NIfTI), with uint8 voxels instead of the float32 of the argmax.
     """
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
-        if self.dimension == 2:
-            if extension is None and not data.get("result_extension"):
-                extension = LABEL_EXTENSION_2D
-            if dtype is None and not data.get("result_dtype"):
-                dtype = LABEL_DTYPE_2D
+        if self.dimension == 2 and extension is None and not data.get("result_extension"):
+            extension = LABEL_EXTENSION_2D
+        if dtype is None and not data.get("result_dtype"):
+            dtype = LABEL_DTYPE
         return super().writer(data, extension=extension, dtype=dtype)
 
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,3 +96,83 @@ def pytest_runtest_teardown(item, nextitem):
 
     for path in _temp_children(item.config) - _module_state["before"]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# -- torchrun ------------------------------------------------------------------------------------------------------
+class Torchrun:
+    """Launch ``python -m torch.distributed.run ... -m monai.bundle run ...`` from the repository root, over
+    127.0.0.1 only (the rendezvous on a free local port, gloo's sockets on the loopback interface), one thread per
+    process, bounded in time.
+
+    Args:
+        timeout: seconds all the launches of one call may take together; on expiry, or as soon as one launch fails,
+            every launch still running is killed with its workers.
+    """
+
+    def __init__(self, timeout: float = 600) -> None:
+        self.timeout = timeout
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+
+    @staticmethod
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    @staticmethod
+    def command(
+        bundle_args: Sequence[str], port: int, nproc_per_node: int = 2, nnodes: int = 1, node_rank: int = 0
+    ) -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
+            "--nproc_per_node", str(nproc_per_node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "monai.bundle", "run", *map(str, bundle_args),
+        ]  # fmt: skip
+
+    def run(self, *bundle_args: str, nproc_per_node: int = 2) -> str:
+        """One node of ``nproc_per_node`` processes; returns its output (stdout and stderr)."""
+        return self.run_nodes([bundle_args], nproc_per_node=nproc_per_node)[0]
+
+    def run_nodes(self, nodes: Sequence[Sequence[str]], nproc_per_node: int = 1) -> list[str]:
+        """One ``torchrun`` launch per node (``--nnodes len(nodes) --node_rank i``, node ``i`` with the bundle
+        arguments ``nodes[i]``), all at once on one port; returns each node's output. Fails the test, with every
+        node's output, when a launch fails or the timeout expires."""
+        port = self.free_port()
+        logs = [tempfile.TemporaryFile(mode="w+") for _ in nodes]
+        procs = [
+            subprocess.Popen(
+                self.command(args, port, nproc_per_node, len(nodes), rank), cwd=REPO, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            )
+            for rank, (args, log) in enumerate(zip(nodes, logs))
+        ]  # fmt: skip
+        deadline = time.monotonic() + self.timeout
+        try:
+            while any(p.poll() is None for p in procs):
+                failed = any(p.returncode not in (None, 0) for p in procs)
+                if failed or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)  # the launcher's session: the agent and its workers
+                    p.wait()
+            outputs = []
+            for log in logs:
+                log.seek(0)
+                outputs.append(log.read())
+                log.close()
+        if any(p.returncode != 0 for p in procs):
+            report = "\n".join(
+                f"--- node {i} (exit status {proc.returncode}):\n{out[-6000:]}"
+                for i, (proc, out) in enumerate(zip(procs, outputs))
+            )
+            pytest.fail(f"torchrun failed or timed out after {self.timeout} s:\n{report}")
+        return outputs
+
+
+@pytest.fixture()
+def torchrun() -> Torchrun:
+    """Runs bundles with ``torchrun`` on this machine (see :class:`Torchrun`)."""
+    return Torchrun()

@@ -179,7 +179,7 @@ def test_metadata_and_network_io():
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [192, 256]
-    assert meta["eval_metrics"] == {"mean_jaccard": 0.795, "mean_dice": 0.872, "mean_accuracy": 0.944}
+    assert "eval_metrics" not in meta  # no weights ship with the bundle; the paper's figures are in docs/README.md
     # a forward pass at the metadata's 192x256
     verify_net_in_out(
         "network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json")

@@ -1,5 +1,6 @@
-"""Every 2D bundle loads in MONAI Label's bundle machinery: inference returns a label file MONAI Label can store, and a
-short training run through ``BundleTrainTask`` on a datastore of generated images updates the bundle's model.
+"""Every bundle loads in MONAI Label's bundle machinery with its dimension (3 for the prostate volumes) and labels; for
+the 2D bundles, inference returns a label file MONAI Label can store, and a short training run through
+``BundleTrainTask`` on a datastore of generated images updates the bundle's model.
 
 MONAI Label is installed without its dependencies (see README); these tests fail if it is missing under CI.
 """
@@ -56,6 +57,20 @@ def _label_ready_copy(bundle: str, dest: Path, size: int = 64) -> Path:
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_infer_task_reads_dimension_and_labels(bundle, tmp_path):
+    """MONAI Label takes a bundle's dimension from ``len(spatial_shape)`` of its input in metadata.json and its labels
+    from ``channel_def``: a volume bundle that read as 2D would be offered to 2D viewers and answered with a picture."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    task = BundleInferTask(str(_label_ready_copy(bundle, tmp_path)), {})
+    assert task.is_valid(), "MONAI Label did not accept the bundle"
+    assert task.info()["dimension"] == get_task(bundle).spatial_dims
+    # each class at its mask value (polyp = 1); MONAI Label lower-cases the names and leaves the background out
+    assert task.labels == {k.lower(): v for k, v in get_task(bundle).labels().items()}
+    assert all(v >= 1 for v in task.labels.values())
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_bundle_infer_task_returns_storable_2d_label(bundle, tmp_path):
     if not _is_2d_rgb(bundle):
         pytest.skip(f"{bundle} is not a 2D RGB bundle")
@@ -67,9 +82,6 @@ def test_bundle_infer_task_returns_storable_2d_label(bundle, tmp_path):
 
     task = BundleInferTask(str(path), {})
     assert task.is_valid(), "MONAI Label did not accept the bundle"
-    # MONAI Label reads the labels from metadata.json's channel_def: each class at its mask value (polyp = 1)
-    assert task.labels == {k.lower(): v for k, v in get_task(bundle).labels().items()}  # Label lower-cases names
-    assert all(v >= 1 for v in task.labels.values())
     label_file, result = task({"image": str(image), "device": "cpu", "result_extension": ".png"})
     assert label_file and Path(label_file).is_file()
     with Image.open(label_file) as label, Image.open(image) as src:

@@ -1,6 +1,7 @@
-"""The MONAI Label server serves every 2D bundle over HTTP: ``monailabel_app/check_server.py`` starts it on localhost
-with README's command line and checks ``/info`` and ``/infer`` (PNG labels of the image's size with class values, for
-JPEG and PNG frames, uploaded and from the datastore).
+"""The MONAI Label server serves every bundle over HTTP: ``monailabel_app/check_server.py`` starts it on localhost with
+README's command line and checks ``/info`` (dimension, labels) and ``/infer``, uploaded and from the datastore: PNG
+labels of the image's size with class values for JPEG and PNG frames (2D bundles), a NIfTI label of the volume's
+spatial shape and affine with class values for a 4D T2 + ADC NIfTI (prostate).
 
 The server runs from its own environment (``bash monailabel_app/setup_server_env.sh`` -> ``.monailabel-venv``, or
 ``MONAILABEL_VENV``); without it this test is skipped.
@@ -24,7 +25,7 @@ READY = VENV / ".transfuse-monailabel-stamp"
 
 
 @pytest.mark.skipif(not READY.is_file(), reason=f"no MONAI Label server env at {VENV}")
-def test_server_returns_png_class_labels_for_every_2d_bundle():
+def test_server_returns_class_labels_for_every_bundle():
     proc = subprocess.run(
         [str(PYTHON), str(REPO / "monailabel_app" / "check_server.py"), "--image_size", "64"],
         cwd=REPO,
@@ -35,7 +36,11 @@ def test_server_returns_png_class_labels_for_every_2d_bundle():
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
-    for bundle in ("polyp", "isic2017", "hip"):
+    # /info, then 2 frames (2D) or 1 volume (prostate), each uploaded and from the datastore
+    expected = {"polyp": 5, "isic2017": 5, "hip": 5, "prostate": 3}
+    for bundle, count in expected.items():
         checked = [line for line in lines if line.startswith(bundle) and line.rstrip().endswith("ok")]
-        assert len(checked) == 5, f"{bundle}: expected /info and 4 /infer checks, got {checked}"  # 2 frames x 2 ways
+        assert len(checked) == count, f"{bundle}: expected /info and {count - 1} /infer checks, got {checked}"
+    volume_labels = [line for line in lines if line.split()[:2] == ["prostate", "/infer"]]
+    assert len(volume_labels) == 2 and all(".nii.gz" in line for line in volume_labels), volume_labels
     assert "PASSED" in lines[-1]

@@ -190,8 +190,13 @@ def test_metadata_and_network_io(single_thread):
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "PZ", "2": "TZ"}
+    # a volume of any depth (MONAI Label serves the bundle as 3D), each slice resized in-plane for the 2D network
+    in_plane = json.loads((CONFIGS / "inference.json").read_text())["image_size"]
+    for spec in (*meta["network_data_format"]["inputs"].values(), *meta["network_data_format"]["outputs"].values()):
+        assert spec["spatial_shape"] == [*in_plane, "*"]
     verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
+                      config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE),
+                      **{"_meta_#network_data_format#inputs#image#spatial_shape": in_plane})
 
 
 def test_t2_only_on_single_channel_3d_volumes(tmp_path, monkeypatch, single_thread):
@@ -253,6 +258,7 @@ def test_monai_label_infers_a_label_volume_on_the_input_grid(trained, tmp_path):
 
     task = BundleInferTask(str(path), {})
     assert task.is_valid(), "MONAI Label did not accept the bundle"
+    assert task.dimension == 3, "MONAI Label must serve the volume bundle as 3D (len(spatial_shape) in metadata.json)"
     assert task.labels == {"pz": 1, "tz": 2}  # MONAI Label lower-cases channel_def names
     image = get_task("prostate").datalist(trained["data"], "test")[0]["image"]
     label_file, _ = task({"image": image, "device": "cpu"})

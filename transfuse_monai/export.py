@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfuse_monai.bundle.weights import MODEL_NAME, require_weights
 from transfuse_monai.utils import atomic_path
 
 __all__ = [
@@ -103,10 +104,11 @@ def load_bundle_network(
     Returns:
         The network in eval mode on the CPU, and the input shape ``(C, *spatial)``: the network's input channels
         (``metadata.json``'s unless an override such as ``modalities`` changes them), spatial size from the
-        ``image_size`` override or ``metadata.json``.
+        ``image_size`` override or the first two axes of ``metadata.json``'s ``spatial_shape``.
 
     Raises:
-        FileNotFoundError: the bundle's configs or the checkpoint do not exist.
+        FileNotFoundError: the bundle's configs or the checkpoint do not exist (checked before anything is built,
+            :func:`~transfuse_monai.bundle.require_weights`).
         TypeError: ``network_def`` is not a TransFuse network.
         ValueError: the checkpoint does not fit the network (the message lists the keys and shapes).
     """
@@ -115,9 +117,7 @@ def load_bundle_network(
     from transfuse_monai.networks.nets import load_transfuse_checkpoint
 
     root, meta, infer = _bundle_paths(bundle_dir)
-    ckpt = Path(ckpt) if ckpt is not None else root / "models" / "model.pt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"Checkpoint {ckpt} not found; train the bundle first or pass --ckpt.")
+    ckpt = require_weights(root / "models" / MODEL_NAME if ckpt is None else ckpt, root, "--ckpt", dir_option=None)
     parser = ConfigParser()
     parser.read_config(str(infer))
     parser.read_meta(str(meta))
@@ -125,7 +125,8 @@ def load_bundle_network(
     parser.update(overrides)
     net = load_transfuse_checkpoint(parser.get_parsed_content("network_def"), ckpt, map_location="cpu")
     image = next(iter(json.loads(meta.read_text())["network_data_format"]["inputs"].values()))
-    spatial = tuple(int(s) for s in overrides.get("image_size", image["spatial_shape"]))
+    # the network takes 2D inputs: the first two axes (a volume bundle's, prostate's, add a free depth "*")
+    spatial = tuple(int(s) for s in overrides.get("image_size", image["spatial_shape"][:2]))
     return net.cpu().eval(), (int(net.in_channels), *spatial)
 
 

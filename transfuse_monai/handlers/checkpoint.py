@@ -17,6 +17,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from transfuse_monai.handlers.exception_hooks import add_exception_hook
 from transfuse_monai.utils.io import atomic_path
 
 __all__ = ["AtomicCheckpointSaver", "ResumableCheckpoint", "read_training_checkpoint"]
@@ -240,8 +241,9 @@ class ResumableCheckpoint:
             CheckpointLoader(load_path=self.resume_from, load_dict=state, map_location=self.map_location).attach(engine)
         engine.add_event_handler(Events.STARTED, self._started)  # after the loader: sees the restored iteration
         if self.save:
-            # first for EXCEPTION_RAISED: ignite stops at the first exception handler, which re-raises
-            engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception_raised)
+            # a hook, not an EXCEPTION_RAISED handler of its own: ignite stops at the first such handler, which
+            # re-raises; the hooks of later handlers (a final validation) run after this save
+            add_exception_hook(engine, self._exception_raised)
 
     def _started(self, engine: Engine) -> None:
         self._start_iteration = engine.state.iteration
@@ -276,7 +278,6 @@ class ResumableCheckpoint:
             )
         else:
             self._save(engine, self._last, "Exception raised, saved the last checkpoint: {path}")
-        raise e
 
 
 def _is_training_checkpoint_name(name: str) -> bool:

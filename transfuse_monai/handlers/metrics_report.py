@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -25,6 +26,48 @@ from transfuse_monai.utils import atomic_path, atomic_write_json, atomic_write_t
 __all__ = ["SegmentationMetricsReport", "format_table", "format_class_table", "split_class_metrics"]
 
 logger = logging.getLogger(__name__)
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group, ``(0, 1)`` outside a distributed run.
+
+    Read from :mod:`torch.distributed` itself: :mod:`ignite.distributed` re-synchronises with a process group created
+    outside it (``torchrun`` + ``init_process_group``) on every ``get_rank()`` call, which is itself a collective
+    operation that would have to run on every rank alike.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _is_main_process() -> bool:
+    """True outside a distributed run and on its rank 0, the one process that writes files and prints tables."""
+    return _world()[0] == 0
+
+
+def _gather_per_rank(items: Sequence[Any]) -> list[list[Any]]:
+    """The ``items`` (picklable objects) of every rank of a distributed run, one list per rank; ``[list(items)]``
+    outside one.
+
+    A collective operation (:func:`torch.distributed.all_gather_object`; on NCCL through the current CUDA device, set
+    by the bundles' ``initialize``): in a distributed run every rank must call it the same number of times, in the
+    same order.
+    """
+    world_size = _world()[1]
+    if world_size <= 1:
+        return [list(items)]
+    per_rank: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(per_rank, list(items))
+    return [list(part) for part in per_rank]
+
+
+def _interleave_ranks(per_rank: Sequence[Sequence[Any]]) -> list[Any]:
+    """Merge per-rank lists in the order of a non-shuffled :class:`~monai.data.DistributedSampler`, which gives rank
+    ``r`` the dataset items ``r, r + world_size, ...``: rank 0's first item, rank 1's first, ..., rank 0's second,
+    and so on. With ``even_divisible=False`` this is the dataset order, each item once."""
+    missing = object()
+    return [x for group in itertools.zip_longest(*per_rank, fillvalue=missing) for x in group if x is not missing]
 
 
 def _name_of(batch_item: Mapping, output_item: Mapping, name_key: str, image_key: str) -> str:
@@ -175,6 +218,14 @@ class SegmentationMetricsReport:
     are written atomically (:func:`~transfuse_monai.utils.atomic_path`), so an interrupted run leaves no partial
     report.
 
+    In a distributed run (``torchrun``, each rank evaluating its share through a
+    :class:`~monai.data.DistributedSampler` with ``even_divisible=False``) the rows of all ranks are gathered when
+    the run completes, in the dataset order (the sampler gives rank ``r`` the images ``r, r + world_size, ...``),
+    so that the summary covers every image once. Every rank gets the same ``rows``, ``summary`` and
+    ``engine.state.metrics``; only rank 0 writes the files and prints the tables. Every rank must therefore attach
+    the handler (the gather is a collective operation); a padding sampler (``even_divisible=True``) would count its
+    repeated images twice.
+
     Args:
         metric_fn: callable ``(pred, label[, spacing=...]) -> dict[str, float]`` for one image (e.g.
             :class:`~transfuse_monai.metrics.PolypMetrics` or :class:`~transfuse_monai.metrics.SegmentationMetrics`).
@@ -289,11 +340,18 @@ class SegmentationMetricsReport:
         return summary
 
     def epoch_completed(self, engine) -> None:
+        self.rows = _interleave_ranks(_gather_per_rank(self.rows))
         if not self.rows:
-            logger.warning("SegmentationMetricsReport: no images were evaluated.")
+            if _is_main_process():
+                logger.warning("SegmentationMetricsReport: no images were evaluated.")
             return
         self.summary = self._summarize()
         metrics = self._metric_keys()
+        for group, values in self.summary.items():
+            for m in metrics:
+                engine.state.metrics[f"{group}/{m}"] = values[m]
+        if not _is_main_process():
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.output_dir / f"{self.prefix}per_image.csv") as tmp:
             with open(tmp, "w", newline="") as f:
@@ -301,9 +359,6 @@ class SegmentationMetricsReport:
                 writer.writeheader()
                 writer.writerows(self.rows)
         atomic_write_json(self.output_dir / f"{self.prefix}summary.json", _json_safe(self.summary))
-        for group, values in self.summary.items():
-            for m in metrics:
-                engine.state.metrics[f"{group}/{m}"] = values[m]
 
         class_metrics, classes = split_class_metrics(metrics, self.metric_fn)
         per_class_keys = {f"{m}_{c}" for m in class_metrics for c in classes}

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +17,13 @@ import torch.nn.functional as F
 
 from monai.utils import CommonKeys as Keys
 
-from transfuse_monai.handlers.metrics_report import _name_of
+from transfuse_monai.handlers.metrics_report import (
+    _gather_per_rank,
+    _interleave_ranks,
+    _is_main_process,
+    _name_of,
+    _world,
+)
 from transfuse_monai.metrics.segmentation import SegmentationMetrics
 from transfuse_monai.utils import atomic_path, atomic_write_json
 
@@ -68,6 +76,12 @@ class OverlayWriter:
     foreground when the label is empty or absent). Files are named after the image stem (the ``name_key`` entry,
     else the image's ``filename_or_obj``): ``<prefix><stem>.png``, or ``<prefix><stem>_slice<k>.png`` for 3D; a
     ``<prefix>legend.json`` lists the colours. Every file is written atomically.
+
+    In a distributed run (``torchrun``, a non-shuffled :class:`~monai.data.DistributedSampler` giving rank ``r`` the
+    items ``r, r + world_size, ...``) each rank draws its first ``ceil(max_images / world_size)`` items as PNG bytes
+    in memory; when the run completes they are gathered and rank 0 writes the first ``max_images`` of them in the
+    dataset order: the same files as a single-process run. Every rank must attach the handler (the gather is a
+    collective operation).
 
     Predictions and labels follow :class:`~transfuse_monai.metrics.SegmentationMetrics`: sigmoid probabilities
     ``(K-1, ...)`` thresholded at ``threshold``, softmax probabilities ``(K, ...)`` (argmax) or a class-index map
@@ -124,6 +138,7 @@ class OverlayWriter:
         self.colors = tuple((tuple(int(v) for v in gt), tuple(int(v) for v in pr)) for gt, pr in colors)
         self._masks = self._masker(self.class_names) if self.class_names is not None else None
         self.written: list[Path] = []
+        self._pending: list[tuple[str, int | None, bytes]] = []  # distributed: (name, slice, PNG) drawn, not written
 
     def _masker(self, class_names: Sequence[str]) -> SegmentationMetrics:
         # reuses the metric's validated conversion of predictions and labels to per-class masks
@@ -134,22 +149,27 @@ class OverlayWriter:
 
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def reset(self, engine=None) -> None:
         self.written = []
+        self._pending = []
 
     def class_color(self, class_index: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         """``(ground truth, prediction)`` colours of foreground class ``class_index`` (1, 2, ...)."""
         return self.colors[(class_index - 1) % len(self.colors)]  # type: ignore[return-value]
 
     def iteration_completed(self, engine) -> None:
-        if len(self.written) >= self.max_images:
+        rank, world_size = _world()
+        quota = self.max_images if world_size == 1 else math.ceil(self.max_images / world_size)
+        drawn = len(self.written) + len(self._pending)
+        if drawn >= quota:
             return
         batch, output = engine.state.batch, engine.state.output
         if isinstance(output, Mapping):  # not decollated: a single item
             batch, output = [batch], [output]
         for b, o in zip(batch, output):
-            if len(self.written) >= self.max_images:
+            if drawn >= quota:
                 return
             image = o.get(self.image_key, b.get(self.image_key))
             if image is None:
@@ -157,8 +177,23 @@ class OverlayWriter:
             label = o.get(self.label_key, b.get(self.label_key))
             name = _name_of(b, o, self.name_key, self.image_key)
             if name == "?":
-                name = f"image_{len(self.written):04d}"
-            self.written.append(self.write(image, o[self.pred_key], label, name))
+                name = f"image_{drawn * world_size + rank:04d}"  # the item's index in the dataset
+            if world_size == 1:
+                self.written.append(self.write(image, o[self.pred_key], label, name))
+            else:
+                rgb, slice_index = self.render(image, o[self.pred_key], label)
+                self._pending.append((name, slice_index, self._encode(rgb)))
+            drawn += 1
+
+    def epoch_completed(self, engine=None) -> None:
+        """Distributed run: gather the overlays every rank drew and write the first ``max_images`` on rank 0."""
+        if _world()[1] == 1:
+            return
+        drawn = _interleave_ranks(_gather_per_rank(self._pending))[: self.max_images]
+        self._pending = []
+        if _is_main_process():
+            for name, slice_index, png in drawn:
+                self.written.append(self._store(name, slice_index, png))
 
     def render(self, image: Any, pred: Any, label: Any = None) -> tuple[np.ndarray, int | None]:
         """The overlay of one item as an ``(H, W, 3)`` uint8 array, and the slice index for 3D items (else None).
@@ -210,9 +245,19 @@ class OverlayWriter:
 
     def write(self, image: Any, pred: Any, label: Any, name: str) -> Path:
         """Render one item and write ``<output_dir>/<prefix><name>[_slice<k>].png`` atomically; returns the path."""
+        rgb, slice_index = self.render(image, pred, label)
+        return self._store(name, slice_index, self._encode(rgb))
+
+    @staticmethod
+    def _encode(rgb: np.ndarray) -> bytes:
         from PIL import Image
 
-        rgb, slice_index = self.render(image, pred, label)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def _store(self, name: str, slice_index: int | None, png: bytes) -> Path:
+        """Write an encoded overlay under a name not yet taken in this run (and the legend with the first one)."""
         stem = f"{self.prefix}{name}" + (f"_slice{slice_index:03d}" if slice_index is not None else "")
         path = self.output_dir / f"{stem}.png"
         taken = {p.name for p in self.written}
@@ -221,7 +266,7 @@ class OverlayWriter:
             path = self.output_dir / f"{stem}_{n}.png"
             n += 1
         with atomic_path(path) as tmp:
-            Image.fromarray(rgb).save(tmp)
+            Path(tmp).write_bytes(png)
         if not self.written:
             self._write_legend()
         return path

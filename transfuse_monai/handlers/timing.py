@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfuse_monai.handlers.metrics_report import _name_of
+from transfuse_monai.handlers.metrics_report import _gather_per_rank, _interleave_ranks, _is_main_process, _name_of
 from transfuse_monai.utils import atomic_path, atomic_write_json
 
 __all__ = ["SecondsPerVolume"]
@@ -37,6 +37,12 @@ class SecondsPerVolume:
     The summary holds the mean, median, standard deviation and minimum over the volumes, the mean without the first
     volume (warm-up: memory allocation, cuDNN autotuning), the number of volumes and, with ``network``, its number
     of parameters. The means are also stored in ``engine.state.metrics`` (``seconds_per_volume``).
+
+    In a distributed run (``torchrun``, each rank timing its share of a non-shuffled
+    :class:`~monai.data.DistributedSampler`) the rows of all ranks are gathered in the dataset order, the summary is
+    over every volume (``processes`` says how many ran side by side, each with its own warm-up volume, all of which
+    ``mean_without_first`` leaves out) and only rank 0 writes and prints. Every rank must attach the handler (the
+    gather is a collective operation).
 
     Args:
         output_dir: folder of the files.
@@ -101,30 +107,37 @@ class SecondsPerVolume:
             self.rows.append({"name": _name_of(b, o, self.name_key, self.image_key), "seconds": elapsed / n})
 
     def write(self, engine=None) -> dict[str, Any]:
+        per_rank = _gather_per_rank(self.rows)
+        self.rows = _interleave_ranks(per_rank)
         if not self.rows:
-            logger.warning("SecondsPerVolume: no volume was timed.")
+            if _is_main_process():
+                logger.warning("SecondsPerVolume: no volume was timed.")
             return {}
         seconds = np.asarray([r["seconds"] for r in self.rows], dtype=np.float64)
+        warm = np.asarray([r["seconds"] for rows in per_rank for r in rows[1:]], dtype=np.float64)
         self.summary = {
             "n": int(seconds.size),
             "seconds_per_volume": float(seconds.mean()),
             "median": float(np.median(seconds)),
             "std": float(seconds.std()),
             "min": float(seconds.min()),
-            "mean_without_first": float(seconds[1:].mean()) if seconds.size > 1 else float(seconds.mean()),
+            "mean_without_first": float(warm.mean()) if warm.size else float(seconds.mean()),
+            "processes": len(per_rank),
             "device": str(getattr(getattr(engine, "state", None), "device", "")),
         }
         if self.network is not None:
             module = getattr(self.network, "module", self.network)  # DistributedDataParallel
             self.summary["parameters"] = int(sum(p.numel() for p in module.parameters()))
+        if engine is not None and hasattr(engine, "state"):
+            engine.state.metrics["seconds_per_volume"] = self.summary["seconds_per_volume"]
+        if not _is_main_process():
+            return self.summary
         with atomic_path(self.output_dir / f"{self.prefix}per_volume.csv") as tmp:
             with open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=["name", "seconds"])
                 writer.writeheader()
                 writer.writerows(self.rows)
         atomic_write_json(self.output_dir / f"{self.prefix}summary.json", self.summary)
-        if engine is not None and hasattr(engine, "state"):
-            engine.state.metrics["seconds_per_volume"] = self.summary["seconds_per_volume"]
         if self.print_summary:
             print(
                 f"seconds per volume: {self.summary['seconds_per_volume']:.3f} mean, {self.summary['median']:.3f} "
