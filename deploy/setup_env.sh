@@ -9,9 +9,10 @@
 # holoscan, tritonclient, pydicom and highdicom. Keeping the SDK here leaves the main environment untouched.
 #
 # Idempotent: a stamp file records the requirement set; when it matches and the SDK imports, nothing is installed.
-# Lean: CPU-only torch (the 2.13.0 CPU wheel that pip's find-links provides on these machines), and the SDK,
-# holoscan-cu13 and holoscan-cli without their dependency trees (no cupy-cuda13x, cuda-python or perf-analyzer,
-# which the application does not use); their run-time imports are satisfied explicitly below.
+# Lean: CPU-only torch (the 2.13.0 CPU wheel that pip's find-links provides on these machines), and the SDK and
+# holoscan-cu13 without their dependency trees (no cupy-cuda13x, cuda-python or perf-analyzer, which the application
+# does not use); their run-time imports are satisfied explicitly below. holoscan-cli (the packager) is resolved with
+# its dependencies.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,17 +30,21 @@ REQS=(
     "nibabel==5.4.2"              # NIfTI volumes (prostate application) and MONAI's NibabelReader
     "pydicom==3.0.2"              # imported by monai.deploy.operators (hence by `import monai`)
     "highdicom==0.28.2"           # likewise
+    "pylibjpeg==2.1.0"            # compressed DICOM as PACS export it: pydicom's decoder plug-ins for JPEG, JPEG
+    "pylibjpeg-libjpeg==2.5.0"    #   Lossless and JPEG-LS (libjpeg) and JPEG 2000 (openjpeg); RLE is pydicom's own
+    "pylibjpeg-openjpeg==2.6.0"
     "tritonclient[http,grpc]==2.73.0"  # imported by monai.deploy.core (TritonModel)
     "typeguard>=3.0.0"
     "colorama>=0.4.1"
     "cloudpickle>=3.0,<4.0"       # holoscan requirement
     "wheel-axle-runtime<1.0"      # holoscan requirement: finalises the wheel's shared-library symlinks
+    "holoscan-cli==3.11.0"        # the MAP packager: the last release with the `monai-deploy` command (4.x/5.x have
+                                  # only `holoscan`); resolved with its dependencies (Jinja2, python-on-whales, ...)
 )
 # Installed without their dependencies (see above).
 NODEPS=(
     "monai-deploy-app-sdk==4.0.0"
     "holoscan-cu13==4.6.0"
-    "holoscan-cli==5.0.0"
 )
 CHECK='import monai, monai.deploy.operators.monai_bundle_inference_operator, holoscan.core, highdicom, nibabel, transfuse_monai'
 

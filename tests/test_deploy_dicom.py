@@ -46,6 +46,9 @@ for item in seg.PerFrameFunctionalGroupsSequence:
     frames.append({"source": str(src), "position": [float(v) for v in pos[0].ImagePositionPatient] if pos else None})
 shared = seg.SharedFunctionalGroupsSequence[0]
 orient = shared.get("PlaneOrientationSequence")
+measures = shared.get("PixelMeasuresSequence")
+plain = pydicom.dcmread(seg_path)  # pydicom alone reads it too
+plain_pixels = list(plain.pixel_array.shape)
 segments = [{"number": int(s.SegmentNumber), "label": str(s.SegmentLabel),
              "type": str(s.SegmentedPropertyTypeCodeSequence[0].CodeValue),
              "modifier": [str(m.CodeValue) for m in s.get("SegmentedPropertyTypeModifierCodeSequence", [])]}
@@ -55,6 +58,12 @@ json.dump({"modality": str(seg.Modality), "sop_class": str(seg.SOPClassUID), "ui
            "frame_of_reference": str(seg.get("FrameOfReferenceUID", "")),
            "orientation": [float(v) for v in orient[0].ImageOrientationPatient] if orient else None,
            "referenced_series": [str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence],
+           "pixel_spacing": [float(v) for v in measures[0].PixelSpacing] if measures else None,
+           "slice_thickness": [bool(measures) and "SliceThickness" in measures[0],
+                               float(measures[0].SliceThickness) if measures and measures[0].get("SliceThickness")
+                               not in (None, "") else None],
+           "content_label": str(seg.ContentLabel), "content_description": str(seg.get("ContentDescription", "")),
+           "series_description": str(seg.SeriesDescription), "pydicom_pixels": plain_pixels,
            "segments": segments}, open(out + ".json", "w"))
 """
 
@@ -159,41 +168,11 @@ def _ras_affine(spacing, origin_lps) -> np.ndarray:
 
 
 def write_series(folder: Path, volume: np.ndarray, spacing, origin_lps, description: str, study: dict,
-                 number: int, modality: str = "MR", pixel_spacing: bool = True) -> list[Path]:
-    """Write ``volume`` ``(columns, rows, slices)`` (integers) as an axial DICOM series, one file per slice."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+                 number: int, **kwargs) -> list[Path]:
+    """``volume`` ``(columns, rows, slices)`` as a DICOM series (the prostate task's writer)."""
+    from transfuse_monai.tasks.prostate import write_mr_series
 
-    sop_class = "1.2.840.10008.5.1.4.1.1.4" if modality == "MR" else "1.2.840.10008.5.1.4.1.1.2"
-    series_uid, files = generate_uid(), []
-    for k in range(volume.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Synthetic^Prostate", "P1", "", "M"
-        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study["uid"], "20260101", "120000", "1"
-        ds.ReferringPhysicianName, ds.AccessionNumber, ds.StudyDescription = "", "", "Prostate MRI"
-        ds.FrameOfReferenceUID = study["frame_of_reference"]
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, number, description
-        ds.Modality, ds.InstanceNumber, ds.ImageType = modality, k + 1, ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]), float(origin_lps[2] + k * spacing[2])]
-        if pixel_spacing:
-            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # (between rows, between columns)
-        ds.SliceThickness = float(spacing[2])
-        ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[0])
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).astype(np.uint16).tobytes()
-        path = folder / f"s{number:02d}_{k:03d}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
-        files.append(path)
-    return files
+    return write_mr_series(folder, volume, spacing, origin_lps, description, study, number, **kwargs)
 
 
 def _mr_volumes(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -308,17 +287,40 @@ def test_prostate_dicom_app_selects_series_and_writes_seg(prostate, deploy_pytho
         np.testing.assert_allclose(frame["position"], positions[frame["source"]], atol=1e-4)
 
 
+def t2_only_study_and_bundle(tmp_path: Path) -> tuple:
+    """An MR study without ADC, the bundle's 3D NIfTI input of its T2 pixels and a T2-only (``modalities [0]``) small
+    bundle: ``(study, nifti, root, config_file, ckpt, image_size)``."""
+    import nibabel as nib
+
+    study = write_study(tmp_path / "study", adc=None)
+    reference_input = tmp_path / "nifti" / "case.nii.gz"
+    reference_input.parent.mkdir()
+    nib.save(nib.Nifti1Image(study["t2"].astype(np.float32), study["t2_affine"]), str(reference_input))
+    root, config_file, ckpt, _ = small_bundle("prostate", tmp_path / "model", reference_input, modalities=[0])
+    return study, reference_input, root, config_file, ckpt, json.loads(config_file.read_text())["image_size"]
+
+
 def test_prostate_dicom_app_t2_only_bundle_takes_the_t2_series(deploy_python, tmp_path):
     """A T2-only model (``modalities [0]``, one input channel) needs no ADC: the app selects the T2 series alone (the
     study has none here) and its label volume equals the bundle's own inference on a 3D NIfTI of the T2 pixels."""
     import nibabel as nib
     import pydicom
 
-    study = write_study(tmp_path / "study", adc=None)
-    reference_input = tmp_path / "nifti" / "case.nii.gz"
-    reference_input.parent.mkdir()
-    nib.save(nib.Nifti1Image(study["t2"].astype(np.float32), study["t2_affine"]), str(reference_input))
-    root, config_file, ckpt, model_ts = small_bundle("prostate", tmp_path / "model", reference_input, modalities=[0])
+    from transfuse_monai.export import main as export_main
+
+    study, reference_input, root, config_file, ckpt, size = t2_only_study_and_bundle(tmp_path)
+    # the documented command line: the override builds the network and is embedded with it
+    assert export_main([str(root), "--formats", "torchscript", "--ckpt", str(ckpt), "--output_dir",
+                        str(tmp_path / "cli"), "--image_size", *map(str, size), "--modalities", "[0]"]) == 0
+    model_ts = tmp_path / "cli" / "model.ts"
+    import zipfile
+
+    with zipfile.ZipFile(model_ts) as archive:
+        embedded = json.loads(archive.read("model/extra/inference.json"))
+        meta = json.loads(archive.read("model/extra/metadata.json"))
+    assert embedded["modalities"] == [0] and embedded["image_size"] == size
+    image_spec = meta["network_data_format"]["inputs"]["image"]
+    assert image_spec["num_channels"] == 1 and image_spec["spatial_shape"] == [*size, "*"]
     out = tmp_path / "deploy_out"
     run_all([
         bundle_run(config_file, root, reference_input.parent, ckpt, tmp_path / "bundle_out", tmp_path / "bundle.log"),
@@ -326,6 +328,7 @@ def test_prostate_dicom_app_t2_only_bundle_takes_the_t2_series(deploy_python, tm
     ])
     log = (tmp_path / "deploy.log").read_text()
     assert "T2 series: 't2_tse_tra'" in log and "ADC series" not in log, log[-3000:]
+    assert "takes 1 channel(s): T2" in log, log[-3000:]
     t2_series = str(pydicom.dcmread(study["files"]["t2"][0], stop_before_pixels=True).SeriesInstanceUID)
     assert output_files(out) == sorted([f"{t2_series}.nii.gz", f"{t2_series}_seg.dcm"])
     ref = np.asarray(nib.load(str(tmp_path / "bundle_out" / "case.nii.gz")).dataobj)
@@ -342,7 +345,7 @@ def test_prostate_dicom_app_rejects_bad_input(case, prostate, deploy_python, tmp
     overrides, message = {
         "no_adc": ({"adc": None}, "no DICOM series matches the 'ADC' selection"),
         "ct": ({k: {"modality": "CT"} for k in ("localiser", "dwi", "t2", "adc")},
-               "CT 't2_tse_tra' (6 images)"),  # T2 or ADC, whichever selector runs first, lists the CT series
+               "#3 't2_tse_tra' (CT, axial, 6 image(s), 48x40): Modality 'CT' does not match"),
         "no_spacing": ({"t2": {"pixel_spacing": False}}, "has no PixelSpacing"),
     }[case]
     write_study(tmp_path / "study", **overrides)
@@ -354,3 +357,213 @@ def test_prostate_dicom_app_rejects_bad_input(case, prostate, deploy_python, tmp
         assert "no DICOM series matches the " in log and "series_rules.json" in log, log[-3000:]
         assert "series found: " in log and "ep2d_diff_b800_TRACEW" in log, log[-3000:]
     assert output_files(out) == [], f"{case}: output written"
+
+
+# ------------------------------------------------------------------------------------ inputs as PACS export them
+
+
+def _compressed(path: Path, syntax: str) -> Path:
+    """Rewrite a DX file in a compressed transfer syntax: RLE / JPEG-LS / JPEG 2000 lossless (pydicom's encoders), or
+    JPEG baseline (8-bit, Pillow, encapsulated)."""
+    import io
+
+    import pydicom
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(path)
+    if syntax == "jpeg_baseline":  # 8-bit stored values, lossy
+        pixels = (ds.pixel_array >> (int(ds.BitsStored) - 8)).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
+        ds.WindowCenter, ds.WindowWidth = "128", "256"
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+    else:
+        ds.compress({"rle": uid.RLELossless, "jpeg_ls": uid.JPEGLSLossless,
+                     "jpeg2000": uid.JPEG2000Lossless}[syntax])
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _run_app(deploy_python: Path, args: list, log: Path, cwd: Path | None = None, module: str | None = None) -> Process:
+    """Start an application with any arguments (``python <app folder> ...``, or ``python -m <module> ...`` in
+    ``cwd``)."""
+    import os
+
+    from test_deploy import APPS, _raise_stack_limit
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    target = ["-m", module] if module else [APPS / args.pop(0)]
+    return Process(f"MONAI Deploy {module or target[0]}", [deploy_python, *target, *args], cwd or log.parent, log,
+                   env=env, preexec_fn=_raise_stack_limit)
+
+
+def test_hip_dicom_app_reads_a_pacs_export(hip, deploy_python, tmp_path):
+    """A PACS / CD export: nested folders, files without extension, a DICOMDIR, radiographs with PixelSpacing or
+    ImagerPixelSpacing, uncompressed and in four compressed transfer syntaxes; ``-m`` a folder holding model.ts.
+    Every SEG reads back with highdicom and pydicom, carries the source's spacing and the AI marking, and the lossless
+    ones equal the uncompressed radiograph's mask. A second run (``python -m apps.hip_dicom``) skips every finished
+    output, ``--overwrite`` computes them again."""
+    import shutil
+
+    import pydicom
+
+    from transfuse_monai.tasks.hip import draw_hip, write_dicom
+
+    image, _ = draw_hip(np.random.default_rng(3), *IMAGE_HW)
+    pacs = tmp_path / "pacs"
+    layout = {
+        "DICOM/S1/IM00001": (None, "ImagerPixelSpacing"),
+        "DICOM/S1/IM00002": (None, "PixelSpacing"),
+        "DICOM/S2/IM00001": ("rle", "ImagerPixelSpacing"),
+        "DICOM/S2/IM00002": ("jpeg_ls", "ImagerPixelSpacing"),
+        "DICOM/S3/IM00001": ("jpeg2000", "ImagerPixelSpacing"),
+        "DICOM/S3/IM00002": ("jpeg_baseline", "ImagerPixelSpacing"),
+    }
+    for name, (syntax, attr) in layout.items():
+        path = write_dicom(pacs / name, image, (0.2, 0.25), bits_stored=12, spacing_attr=attr)
+        if syntax:
+            _compressed(path, syntax)
+    dicomdir = pydicom.Dataset()  # the CD's index: skipped
+    dicomdir.file_meta = pydicom.dataset.FileMetaDataset()
+    dicomdir.file_meta.MediaStorageSOPClassUID = dicomdir.SOPClassUID = "1.2.840.10008.1.3.10"
+    dicomdir.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    dicomdir.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    dicomdir.save_as(pacs / "DICOMDIR", enforce_file_format=True)
+    model_dir = tmp_path / "model_folder"  # -m <folder> with model.ts directly inside
+    model_dir.mkdir()
+    shutil.copy(hip["model"], model_dir / "model.ts")
+
+    out = tmp_path / "out"
+    log = _run_app(deploy_python, ["hip_dicom", "-i", pacs, "-o", out, "-m", model_dir],
+                   tmp_path / "run1.log").finish()
+    expected = sorted(f"DICOM/{name.split('/')[1]}/{name.split('/')[2]}_{kind}" for name in layout
+                      for kind in ("seg.dcm", "preview.png"))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == expected, log[-3000:]
+
+    labels = {}
+    for name, (syntax, attr) in layout.items():
+        seg_path = out / f"{name}_seg.dcm"
+        labels[name], info = read_seg(deploy_python, seg_path, [pacs / name], tmp_path / name.replace("/", "_"))
+        assert info["modality"] == "SEG" and info["pydicom_pixels"] == [3, *IMAGE_HW]  # 3 segments, 1 frame each
+        assert info["pixel_spacing"] == [0.2, 0.25], f"{name} ({attr}): spacing {info['pixel_spacing']}"
+        assert info["slice_thickness"] == [True, None], "Pixel Measures: SliceThickness present, unknown"
+        assert info["content_label"] == "AI_SEGMENTATION"
+        assert "AI-generated, not for clinical use" in info["series_description"]
+        assert "AI-generated, not for clinical use" in info["content_description"]
+        assert [f["source"] for f in info["frames"]] == info["uids"] * 3
+    reference = labels["DICOM/S1/IM00001"]
+    values, counts = np.unique(reference, return_counts=True)
+    assert len(values) >= 2 and counts.max() < 0.95 * reference.size, f"trivial mask {values} {counts}"
+    for name, (syntax, _) in layout.items():
+        if syntax != "jpeg_baseline":  # lossless: the same pixels, the same mask
+            assert np.array_equal(labels[name], reference), f"{name} ({syntax}) differs from the uncompressed mask"
+    lossy = int((labels["DICOM/S3/IM00002"] != reference).sum())
+    assert lossy <= 0.05 * reference.size, f"8-bit JPEG mask differs in {lossy} pixels"
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.dcm")}
+    log = _run_app(deploy_python, ["-i", pacs, "-o", out, "-m", hip["model"]], tmp_path / "run2.log",
+                   cwd=REPO / "deploy", module="apps.hip_dicom").finish()
+    assert "nothing to do: every output exists" in log, log[-3000:]
+    assert log.count("INFO transfuse_deploy: skipping ") == len(layout), log[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.dcm")} == stamps, "a finished output was written again"
+    log = _run_app(deploy_python, ["hip_dicom", "-i", pacs / "DICOM" / "S1", "-o", out / "DICOM" / "S1", "-m",
+                                   hip["model"], "--overwrite"], tmp_path / "run3.log").finish()
+    assert (out / "DICOM" / "S1" / "IM00001_seg.dcm").stat().st_mtime_ns > stamps[out / "DICOM/S1/IM00001_seg.dcm"]
+
+
+@pytest.mark.parametrize("case", ["truncated", "not_dicom", "output_inside_input"])
+def test_hip_dicom_app_checks_every_file_first(case, hip, deploy_python, tmp_path):
+    from transfuse_monai.tasks.hip import draw_hip, write_dicom
+
+    image, _ = draw_hip(np.random.default_rng(4), *IMAGE_HW)
+    folder = tmp_path / "in"
+    write_dicom(folder / "a" / "good.dcm", image, (0.2, 0.2))
+    bad = folder / "b" / "bad.dcm"
+    out = tmp_path / "out"
+    if case == "truncated":
+        data = write_dicom(bad, image, (0.2, 0.2)).read_bytes()
+        bad.write_bytes(data[: len(data) - 100])
+        message = f"{bad}: its pixel data cannot be decoded"
+    elif case == "not_dicom":
+        bad.parent.mkdir()
+        bad.write_text("not a radiograph")
+        message = f"{bad} is not a readable DICOM file"
+    else:
+        out = folder / "segmentations"
+        message = f"output folder {out} is inside the input folder {folder}"
+    log = _run_app(deploy_python, ["hip_dicom", "-i", folder, "-o", out, "-m", hip["model"]],
+                   tmp_path / "run.log").finish(expect_fail=True)
+    assert message in log, f"{case}: no clear error in\n{log[-3000:]}"
+    assert "Traceback" not in log and output_files(out) == [], f"{case}: traceback or output"
+
+
+def test_prostate_nifti_output_folder_holding_the_input_is_refused(prostate, deploy_python, tmp_path):
+    """The reported failure: ``-i dir/t2.nii.gz -o dir`` replaced the input volume by its labels."""
+    import shutil
+
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    volume = shutil.copy(prostate["nifti"], folder / "case.nii.gz")
+    before = Path(volume).read_bytes()
+    log = _run_app(deploy_python, ["prostate_mr", "-i", volume, "-o", folder, "-m", prostate["model"]],
+                   tmp_path / "run.log").finish(expect_fail=True)
+    assert f"output folder {folder} holds the input file {volume}" in log, log[-3000:]
+    assert Path(volume).read_bytes() == before and output_files(folder) == ["case.nii.gz"]
+
+
+def test_prostate_selects_the_axial_t2_of_a_tra_and_sag_study(prostate, deploy_python, tmp_path):
+    """The usual protocol has t2_tse_tra and t2_tse_sag; the sagittal one (listed first, more slices) must lose to the
+    axial one, with the choice and the rejected series in the log."""
+    import pydicom
+
+    sag = np.repeat(prostate["t2"][:, :, :2], 6, axis=2)  # another series: 12 sagittal slices of 48x40
+    study = write_study(tmp_path / "study", t2_sag=None)
+    write_series(tmp_path / "study", sag, (3.6, 0.6, 0.6), (-20.0, -14.0, 30.0), "t2_tse_sag",
+                 {"uid": study["study"]["uid"], "frame_of_reference": study["study"]["frame_of_reference"]}, 0,
+                 plane="sagittal")
+    out = tmp_path / "out"
+    log = deploy_app(deploy_python, "prostate_mr", prostate["model"], tmp_path / "study", out,
+                     tmp_path / "deploy.log").finish()
+    selection = [line for line in log.splitlines() if " series" in line and ("selected" in line or "rejected" in line)]
+    print("\n".join(selection))  # the selection log, as a user sees it
+    assert any("T2 series: 't2_tse_tra'" in line and "selected" in line for line in selection), log[-3000:]
+    assert any("T2 series:   rejected #0 't2_tse_sag' (MR, sagittal, 12 image(s), 48x40): orientation sagittal, "
+               "expected axial" in line for line in selection), selection
+    t2_uid = str(pydicom.dcmread(study["files"]["t2"][0], stop_before_pixels=True).SeriesInstanceUID)
+    assert output_files(out) == sorted([f"{t2_uid}.nii.gz", f"{t2_uid}_seg.dcm"])
+
+
+def test_prostate_truncated_slice_is_named_before_the_graph(prostate, deploy_python, tmp_path):
+    study = write_study(tmp_path / "study")
+    broken = study["files"]["t2"][3]
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) - 64])
+    out = tmp_path / "out"
+    log = deploy_app(deploy_python, "prostate_mr", prostate["model"], tmp_path / "study", out,
+                     tmp_path / "deploy.log").finish(expect_fail=True)
+    assert f"{broken}: its pixel data cannot be decoded" in log, log[-3000:]
+    assert "Traceback" not in log and output_files(out) == []
+
+
+def test_monai_ckpt_export_of_a_t2_only_network_is_refused_with_the_way_out(deploy_python, tmp_path):
+    """``monai.bundle ckpt_export ... --modalities "[0]"`` builds a one-channel network but embeds the config file
+    (two modalities): the application says so before the graph and names the export that embeds the override."""
+    from monai.bundle import ckpt_export
+
+    _, _, root, _, ckpt, size = t2_only_study_and_bundle(tmp_path)
+    mismatched = tmp_path / "ckpt_export" / "model.ts"
+    mismatched.parent.mkdir()
+    ckpt_export(net_id="network_def", filepath=str(mismatched), ckpt_file=str(ckpt),
+                meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.json"),
+                bundle_root=str(root), modalities=[0], image_size=size)
+    log = deploy_app(deploy_python, "prostate_mr", mismatched, tmp_path / "study", tmp_path / "out",
+                     tmp_path / "deploy.log").finish(expect_fail=True)
+    assert "the network takes 1 input channel(s) but its embedded inference.json feeds 2" in log, log[-3000:]
+    assert "python -m transfuse_monai.export" in log and "object at 0x" not in log
+    assert output_files(tmp_path / "out") == []

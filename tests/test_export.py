@@ -81,10 +81,30 @@ def test_embedded_metadata_describes_the_exported_input(tmp_path):
     extra = {"metadata.json": "", "inference.json": ""}
     torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
     spec = json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]
-    assert (spec["num_channels"], spec["spatial_shape"], spec["channel_def"]) == (1, [32, 32], {"0": "T2"})
+    # the network's 2D size; the volume's free depth stays (MONAI Label reads the dimension from spatial_shape)
+    assert (spec["num_channels"], spec["spatial_shape"], spec["channel_def"]) == (1, [32, 32, "*"], {"0": "T2"})
     assert json.loads(extra["inference.json"])["modalities"] == [0]
     bundle_meta = json.loads((root / "configs" / "metadata.json").read_text())
     assert bundle_meta["network_data_format"]["inputs"]["image"]["num_channels"] == 2, "the bundle's file is untouched"
+
+
+def test_command_line_takes_bundle_overrides_and_names_unknown_ids(tmp_path, capsys):
+    """``python -m transfuse_monai.export bundles/prostate --modalities "[0]"`` (the documented T2-only export) parses
+    the override like ``monai.bundle run``; an id that inference.json lacks stops the export before anything is
+    built."""
+    from transfuse_monai.export import main, parse_overrides
+
+    root = REPO / "bundles" / "prostate"
+    assert parse_overrides(["--modalities", "[0]", "--largest_component=true", "--variant", "S"], root) == {
+        "modalities": [0], "largest_component": True, "variant": "S"}
+    with pytest.raises(ValueError, match="--modalities needs a value"):
+        parse_overrides(["--modalities"], root)
+    with pytest.raises(ValueError, match="unexpected argument 'extra'"):
+        parse_overrides(["extra"], root)
+    assert main([str(root), "--ckpt", str(tmp_path / "none.pt"), "--modalitys", "[0]"]) == 1
+    err = capsys.readouterr().err
+    assert "inference.json has no modalitys to override (its ids: " in err and "modalities" in err
+    assert not list(tmp_path.iterdir()), "nothing written"
 
 
 class _CallCounter(torch.nn.Module):

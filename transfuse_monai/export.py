@@ -6,6 +6,7 @@ Usage::
 
     python -m transfuse_monai.export bundles/polyp                      # models/model.pt -> model.ts, model.onnx
     python -m transfuse_monai.export bundles/polyp --formats onnx --ckpt path/model.pt --output_dir out/
+    python -m transfuse_monai.export bundles/prostate --formats torchscript --modalities "[0]"   # T2-only model
 
 The checkpoint is loaded with :func:`~transfuse_monai.networks.nets.load_transfuse_checkpoint` (strict,
 ``weights_only=True``, ``{"model": ...}`` wrappers accepted). TorchScript goes through MONAI's ``ckpt_export`` (the
@@ -53,6 +54,7 @@ from transfuse_monai.utils import atomic_path
 __all__ = [
     "FORMATS",
     "load_bundle_network",
+    "parse_overrides",
     "export_onnx_model",
     "export_torchscript",
     "export_onnx",
@@ -142,9 +144,11 @@ def _exported_metadata(meta: Path, shape: Sequence[int], bundle_dir: Path, **ove
     content = json.loads(meta.read_text())
     spec = next(iter(content["network_data_format"]["inputs"].values()))
     channels, spatial = int(shape[0]), [int(s) for s in shape[1:]]
-    if int(spec.get("num_channels", channels)) == channels and list(spec.get("spatial_shape", spatial)) == spatial:
+    declared = list(spec.get("spatial_shape", spatial))
+    if int(spec.get("num_channels", channels)) == channels and declared[: len(spatial)] == spatial:
         return None
-    spec["num_channels"], spec["spatial_shape"] = channels, spatial
+    # the network's 2D input size; a volume bundle's further axes (prostate's free depth "*") stay as declared
+    spec["num_channels"], spec["spatial_shape"] = channels, spatial + declared[len(spatial):]
     parser = ConfigParser()
     parser.read_config(str(bundle_dir / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle_dir)
@@ -666,8 +670,57 @@ def export_bundle(
     return results
 
 
+def _override_value(text: str):
+    """A command-line override's value as ``monai.bundle run`` reads it: JSON / Python literals (``[0]``, ``true``,
+    ``0.5``, ``'name'``), else the text itself."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError):
+            continue
+    return text
+
+
+def parse_overrides(tokens: Sequence[str], bundle_dir: str | os.PathLike) -> dict:
+    """The bundle overrides among the export's command-line arguments: ``--<id> <value>`` or ``--<id>=<value>`` for
+    ids of the bundle's ``inference.json`` (``--modalities "[0]"``, ``--in_channels 1``, ``--network_def#...``),
+    which change the exported network or its pre-processing and are embedded in the exported ``inference.json``.
+
+    Raises:
+        ValueError: an argument that is not ``--<id> <value>``, or an id that ``inference.json`` does not have.
+    """
+    from monai.bundle import ConfigParser
+
+    overrides: dict = {}
+    tokens = list(tokens)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"unexpected argument {token!r}: bundle overrides are given as --<id> <value>")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if not tokens or tokens[0].startswith("--"):
+                raise ValueError(f"--{key} needs a value")
+            value = tokens.pop(0)
+        overrides[key] = _override_value(value)
+    if overrides:
+        _, _, infer = _bundle_paths(bundle_dir)
+        parser = ConfigParser()
+        parser.read_config(str(infer))
+        unknown = [k for k in overrides if k not in parser]
+        if unknown:
+            known = ", ".join(sorted(k for k in parser.config if not k.startswith("_")))
+            raise ValueError(f"{infer} has no {', '.join(unknown)} to override (its ids: {known})")
+    return overrides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transfuse_monai.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m transfuse_monai.export", description=__doc__.split("\n\n")[0],
+        epilog="Any other --<id> <value> overrides that id of the bundle's inference.json, as `monai.bundle run` does "
+        "(e.g. --modalities \"[0]\" for a T2-only prostate model); the exported network is built with it and the "
+        "embedded inference.json and metadata.json carry it.",
+    )
     parser.add_argument("bundle", help="bundle folder, e.g. bundles/polyp")
     parser.add_argument("--formats", nargs="+", default=list(DEFAULT_FORMATS), choices=list(FORMATS))
     parser.add_argument("--ckpt", default=None, help="weights (default <bundle>/models/model.pt)")
@@ -682,9 +735,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="onnx-int8: smallest mean Dice of int8 vs eager masks on held-out training images")
     parser.add_argument("--float_modules", nargs="*", default=list(INT8_FLOAT_MODULES), metavar="MODULE",
                         help="onnx-int8: submodules kept in float32 (default: %(default)s; none: quantise all)")
-    args = parser.parse_args(argv)
-    overrides = {"image_size": args.image_size} if args.image_size else {}
+    args, extra = parser.parse_known_args(argv)
     try:
+        overrides = parse_overrides(extra, args.bundle)
+        if args.image_size:
+            overrides["image_size"] = args.image_size
         results = export_bundle(args.bundle, args.formats, args.ckpt, args.output_dir, args.atol, args.calib_dir,
                                 args.calib_count, args.min_dice, args.float_modules, **overrides)
     except (FileNotFoundError, RuntimeError, TypeError, ValueError) as e:

@@ -11,12 +11,23 @@ from typing import Any
 
 from monai.deploy.operators.monai_bundle_inference_operator import BundleConfigNames, get_bundle_config
 
-__all__ = ["CONFIG_NAMES", "BundleIO", "resolve_model", "list_files", "load_with", "reverses_indexing"]
+__all__ = ["CONFIG_NAMES", "BundleIO", "resolve_model", "list_files", "load_with", "output_stem", "reverses_indexing"]
 
 logger = logging.getLogger("transfuse_deploy")
 
 #: The bundle configs the applications use (``inference.json``'s ``preprocessing``, ``inferer``, ``postprocessing``).
 CONFIG_NAMES = BundleConfigNames(config_names=["inference"])
+#: Endings an output name drops from its input's name (any other name is kept whole: ``IM00001``, ``1.2.840.1``).
+INPUT_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """The name of an input file without its image ending (:data:`INPUT_SUFFIXES`), the stem of its outputs."""
+    name = Path(path).name
+    for ext in INPUT_SUFFIXES:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def resolve_model(path: str | os.PathLike) -> Path:
@@ -100,6 +111,28 @@ class BundleIO:
         self.class_names = [channel_def[k] for k in sorted(channel_def, key=int)]
         self.num_classes = max(2, len(self.class_names))
         self.loader = self._bundle_loader(parser, config_names.preproc_name)
+
+    def check_network(self) -> None:
+        """Check that the exported network takes the channels the embedded ``inference.json`` feeds it: an export by
+        ``monai.bundle ckpt_export`` embeds the config *file*, so a network built with an override (``--modalities
+        "[0]"``: one channel) would be fed the file's channels and fail inside the graph.
+
+        Raises:
+            ValueError: the two disagree, naming both and the export command that embeds the override.
+        """
+        import torch
+
+        network = torch.jit.load(str(self.model_path), map_location="cpu")
+        built = getattr(network, "in_channels", None)
+        if built is None or int(built) == self.in_channels:
+            return
+        overrides = {k: self.parser.get(k) for k in ("modalities", "in_channels") if self.parser.get(k) is not None}
+        raise ValueError(
+            f"{self.model_path}: the network takes {int(built)} input channel(s) but its embedded inference.json "
+            f"feeds {self.in_channels} ({overrides}); export again with `python -m transfuse_monai.export <bundle> "
+            "--formats torchscript` and the same overrides as the network (e.g. --modalities \"[0]\"), which embeds "
+            "them"
+        )
 
     @property
     def in_channels(self) -> int:

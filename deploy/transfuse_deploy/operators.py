@@ -2,15 +2,15 @@
 
 Loaders put each input into a :class:`monai.deploy.core.Image` holding exactly the array and MONAI metadata that the
 bundle's own ``LoadImage(d)`` gives (``MonaiBundleInferenceOperator`` drops ``LoadImage*``/``SaveImage*`` and runs the
-rest of the bundle's ``preprocessing``, ``inferer`` and ``postprocessing``); writers save the prediction. Every
-writer prepares all of its files first and moves them into place together (``transfuse_monai.utils.atomic_path``):
-a failure leaves no partial output.
+rest of the bundle's ``preprocessing``, ``inferer`` and ``postprocessing``); writers save the prediction to the files
+the application chose for each input before the graph started (:mod:`transfuse_deploy.cli`: never over or inside
+the input). Every writer prepares all of its files first and moves them into place together
+(``transfuse_monai.utils.atomic_path``): a failure leaves no partial output.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Fragment, Image, IOType, Operator, OperatorSpec
+from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from monai.deploy.operators.monai_bundle_inference_operator import IOMapping, MonaiBundleInferenceOperator
 
@@ -36,10 +37,9 @@ __all__ = [
     "ImageFileLoaderOperator",
     "MaskWriterOperator",
     "RadiographSegWriterOperator",
-    "RequiredSeriesSelectorOperator",
+    "SeriesByUidSelectorOperator",
     "MRChannelStackOperator",
     "VolumeWriterOperator",
-    "read_selection_rules",
 ]
 
 logger = logging.getLogger("transfuse_deploy")
@@ -97,14 +97,6 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray) -> Callable[[Path], None]
     return write
 
 
-def _stem(path: Any) -> str:
-    name = Path(str(path)).name
-    for ext in (".nii.gz", ".nii", ".dcm", ".dicom"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
-
-
 # ---------------------------------------------------------------------------------------------------------- loading
 
 
@@ -156,17 +148,17 @@ def _mask_2d(seg: Any, loader: Any, num_classes: int) -> tuple[np.ndarray, Path]
 
 
 class MaskWriterOperator(Operator):
-    """Saves a 2D segmentation as ``<output>/<input stem>.png`` at the input picture's size (checked against the
-    file), as the bundle's own inference writes it: uint8 0/255 for a binary bundle (``num_classes=2``), the class
-    indices 0..K-1 for a multi-class one.
+    """Saves a 2D segmentation to the file chosen for its input (``targets``: source file -> mask PNG) at the input
+    picture's size (checked against the file), as the bundle's own inference writes it: uint8 0/255 for a binary
+    bundle (``num_classes=2``), the class indices 0..K-1 for a multi-class one.
 
     Named input:
         pred (configurable): the segmentation from ``MonaiBundleInferenceOperator``.
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, loader: Any = None, input_name: str = "pred",
-                 num_classes: int = 2, **kwargs):
-        self.output_folder = Path(output_folder)
+    def __init__(self, fragment: Fragment, *args, targets: Mapping[Path, Path], loader: Any = None,
+                 input_name: str = "pred", num_classes: int = 2, **kwargs):
+        self.targets = {Path(k).absolute(): Path(v) for k, v in targets.items()}
         self.loader = loader
         self.num_classes = int(num_classes)
         self.input_name = input_name
@@ -177,16 +169,20 @@ class MaskWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context):
         mask, source = _mask_2d(op_input.receive(self.input_name), self.loader, self.num_classes)
-        if source.is_file() and source.suffix.lower() not in (".dcm", ".dicom", ".nii", ".gz"):
-            with PILImage.open(source) as im:
-                width, height = im.size
-            if mask.shape != (height, width):
-                raise ValueError(f"mask shape {mask.shape} does not match {source} ({height}x{width} pixels)")
-        target = self.output_folder / f"{_stem(source)}.png"
-        if source.exists() and target.resolve() == source.resolve():
-            raise ValueError(f"refusing to overwrite the input image {source}: choose another output folder")
+        with PILImage.open(source) as im:
+            width, height = im.size
+        if mask.shape != (height, width):
+            raise ValueError(f"mask shape {mask.shape} does not match {source} ({height}x{width} pixels)")
         out = mask * np.uint8(255 if self.num_classes == 2 else 1)
-        write_outputs({target: _save_png(out)})
+        write_outputs({_target(self.targets, source): _save_png(out)})
+
+
+def _target(targets: Mapping[Path, Any], source: Path) -> Any:
+    """The output(s) chosen for ``source`` before the graph started."""
+    try:
+        return targets[Path(source).absolute()]
+    except KeyError:
+        raise ValueError(f"no output was planned for {source}") from None
 
 
 def preview(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -202,17 +198,18 @@ def preview(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 class RadiographSegWriterOperator(Operator):
-    """Saves the segmentation of a DICOM radiograph as ``<output>/<stem>_seg.dcm`` (a DICOM SEG referencing the
-    source instance, one segment per class with its SNOMED CT code, see :mod:`transfuse_deploy.seg`) and
-    ``<output>/<stem>_preview.png`` (the radiograph with the classes in colour), both or neither.
+    """Saves the segmentation of a DICOM radiograph to the two files chosen for it (``targets``: source file ->
+    ``(SEG path, preview path)``): a DICOM SEG referencing the source instance, one segment per class with its SNOMED
+    CT code, the source's pixel spacing and the AI-generated marking (see :mod:`transfuse_deploy.seg`), and the
+    radiograph with the classes in colour; both or neither.
 
     Named input:
         pred (configurable): the segmentation from ``MonaiBundleInferenceOperator`` (source file in its metadata).
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, class_names: Sequence[str], loader: Any,
-                 input_name: str = "pred", **kwargs):
-        self.output_folder = Path(output_folder)
+    def __init__(self, fragment: Fragment, *args, targets: Mapping[Path, tuple[Path, Path]],
+                 class_names: Sequence[str], loader: Any, input_name: str = "pred", **kwargs):
+        self.targets = {Path(k).absolute(): (Path(a), Path(b)) for k, (a, b) in targets.items()}
         self.class_names = list(class_names)
         self.loader = loader
         self.input_name = input_name
@@ -228,81 +225,40 @@ class RadiographSegWriterOperator(Operator):
         from transfuse_monai.tasks.hip import read_radiograph
 
         mask, source = _mask_2d(op_input.receive(self.input_name), self.loader, len(self.class_names))
+        seg_path, preview_path = _target(self.targets, source)
         ds = pydicom.dcmread(source)
         seg = build_segmentation([ds], mask[None], self.class_names, *ALGORITHM,
-                                 series_description=f"{ALGORITHM[0]} segmentation")
+                                 series_description=f"{ALGORITHM[0]} hip segmentation")
         grey, _ = read_radiograph(source)  # the pixels the bundle sees (MONOCHROME1 inverted, windowed)
-        stem = _stem(source)
-        write_outputs({
-            self.output_folder / f"{stem}_seg.dcm": _save_dicom(seg),
-            self.output_folder / f"{stem}_preview.png": _save_png(preview(grey, mask)),
-        })
+        write_outputs({seg_path: _save_dicom(seg), preview_path: _save_png(preview(grey, mask))})
 
 
 # ---------------------------------------------------------------------------------------------------------- DICOM MR
 
 
-def read_selection_rules(path: str | Path, names: Sequence[str]) -> dict[str, str]:
-    """The series selection rules of ``path`` (MONAI Deploy's JSON format, ``{"selections": [{"name": ...,
-    "conditions": {...}}]}``), one rule set (a JSON string for ``DICOMSeriesSelectorOperator``) per selection name.
-
-    Raises:
-        ValueError: a name has no selection in the file (or the file is not valid JSON).
-    """
-    try:
-        selections = json.loads(Path(path).read_text())["selections"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"series selection rules {path}: not a JSON file with a 'selections' list ({err})") from err
-    rules = {}
-    for name in names:
-        found = [s for s in selections if str(s.get("name", "")).strip() == name]
-        if not found:
-            raise ValueError(f"series selection rules {path} have no selection named {name!r}")
-        rules[name] = json.dumps({"selections": found})
-    return rules
-
-
-class RequiredSeriesSelectorOperator(DICOMSeriesSelectorOperator):
-    """``DICOMSeriesSelectorOperator`` that fails with a clear message when its rules match no series (listing the
-    series found), or when the selected series lacks the geometry a volume needs (``PixelSpacing``,
-    ``ImagePositionPatient``, ``ImageOrientationPatient``).
+class SeriesByUidSelectorOperator(DICOMSeriesSelectorOperator):
+    """``DICOMSeriesSelectorOperator`` that emits the series the application selected before the graph started
+    (:func:`transfuse_deploy.series.select_series`, by its rules, with the tie-break and the log), found by its
+    ``SeriesInstanceUID`` in the loaded study.
 
     Args:
-        what: the selection's name in messages (e.g. ``"T2"``).
-        rules_file: where the rules come from, for messages.
+        series_uid: the selected series.
+        what: the selection's name (e.g. ``"T2"``).
     """
 
-    GEOMETRY = ("PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient")
-
-    def __init__(self, fragment: Fragment, *args, what: str, rules_file: str = "", **kwargs):
+    def __init__(self, fragment: Fragment, *args, series_uid: str, what: str, **kwargs):
+        self.series_uid = str(series_uid)
         self.what = what
-        self.rules_file = rules_file
         super().__init__(fragment, *args, **kwargs)
 
     def filter(self, selection_rules, dicom_study_list, all_matched=False, sort_by_sop_instance_count=False):
-        selected = super().filter(selection_rules, dicom_study_list, all_matched, sort_by_sop_instance_count)
-        if not selected or not selected[0].selected_series:
-            found = [
-                f"{s.Modality} '{getattr(s, 'SeriesDescription', None) or ''}' ({len(s.get_sop_instances())} images)"
-                for study in dicom_study_list or [] for s in study.get_all_series()
-            ]
-            raise ValueError(
-                f"no DICOM series matches the {self.what!r} selection of {self.rules_file or 'the rules'} "
-                f"({json.dumps(selection_rules.get('selections', [{}])[0].get('conditions', {}))}); series found: "
-                f"{'; '.join(found) or 'none (no DICOM files in the input)'}"
-            )
-        series = selected[0].selected_series[0].series
-        first = series.get_sop_instances()[0].get_native_sop_instance()
-        missing = [a for a in self.GEOMETRY if a not in first]
-        if missing:
-            raise ValueError(
-                f"the {self.what} series '{getattr(series, 'SeriesDescription', '')}' "
-                f"({series.SeriesInstanceUID}) has no {', '.join(missing)}: a volume needs its voxel spacing and "
-                "slice geometry"
-            )
-        logger.info("%s series: '%s' (%s)", self.what, getattr(series, "SeriesDescription", ""),
-                    series.SeriesInstanceUID)
-        return selected
+        for study in dicom_study_list or []:
+            for series in study.get_all_series():
+                if str(series.SeriesInstanceUID) == self.series_uid:
+                    selected = StudySelectedSeries(study)
+                    selected.add_selected_series(SelectedSeries(self.what, series, None))
+                    return [selected]
+        raise ValueError(f"the {self.what} series {self.series_uid} selected before the run is not in the loaded study")
 
 
 def _volume_whd(img: Image) -> tuple[np.ndarray, np.ndarray]:
@@ -350,18 +306,21 @@ class MRChannelStackOperator(Operator):
 
 
 class VolumeWriterOperator(Operator):
-    """Saves a volume segmentation as ``<output>/<stem>.nii.gz`` (uint8 labels on the input's grid and affine, as
-    the bundle's own inference writes it) and, given the source DICOM series, ``<output>/<stem>_seg.dcm`` (a DICOM
-    SEG on that series' instances: frame ``k`` on slice ``k``), all or nothing.
+    """Saves a volume segmentation as a NIfTI (uint8 labels on the input's grid and affine, as the bundle's own
+    inference writes it) and, given the source DICOM series, a DICOM SEG on that series' instances (frame ``k`` on
+    slice ``k``), all or nothing, to the files chosen before the graph started.
+
+    Args:
+        targets: NIfTI input: source file -> NIfTI path. DICOM input (``dicom``): ``{"nifti": path, "seg": path}``.
 
     Named inputs:
         pred (configurable): the segmentation from ``MonaiBundleInferenceOperator`` (array ``(D, H, W)``).
         study_selected_series_list (when ``dicom`` is true): the selection holding the source series (T2).
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, class_names: Sequence[str],
+    def __init__(self, fragment: Fragment, *args, targets: Mapping, class_names: Sequence[str],
                  input_name: str = "pred", dicom: bool = False, **kwargs):
-        self.output_folder = Path(output_folder)
+        self.targets = dict(targets) if dicom else {Path(k).absolute(): Path(v) for k, v in targets.items()}
         self.class_names = list(class_names)
         self.input_name = input_name
         self.dicom = bool(dicom)
@@ -387,11 +346,11 @@ class VolumeWriterOperator(Operator):
             sources = [inst.get_native_sop_instance() for inst in series.get_sop_instances()]
             seg = build_segmentation(sources, labels.astype(np.uint8), self.class_names, *ALGORITHM,
                                      series_description=f"{ALGORITHM[0]} prostate zones")
-            stem = str(series.SeriesInstanceUID)
-            writers[self.output_folder / f"{stem}_seg.dcm"] = _save_dicom(seg)
+            writers[Path(self.targets["seg"])] = _save_dicom(seg)
+            nifti = Path(self.targets["nifti"])
         else:
-            stem = _stem(meta.get("filename_or_obj", "volume"))
-        writers[self.output_folder / f"{stem}.nii.gz"] = _save_nifti(labels_whd, affine)
+            nifti = _target(self.targets, Path(str(meta.get("filename_or_obj", "volume"))))
+        writers[nifti] = _save_nifti(labels_whd, affine)
         write_outputs(writers)
 
 

@@ -1,12 +1,23 @@
-"""DICOM SEG (highdicom) of a class-index mask on its source images, one segment per class with coded anatomy."""
+"""DICOM SEG (highdicom) of a class-index mask on its source images, one segment per class with coded anatomy.
+
+Every SEG reads back with ``highdicom.seg.segread`` and pydicom: it references its source instances, carries their
+pixel spacing (for a projection radiograph with ``ImagerPixelSpacing`` only, that spacing) in its Pixel Measures,
+and is marked as AI-generated and not for clinical use (``SeriesDescription``, ``ContentLabel``,
+``ContentDescription``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ANATOMY", "segment_descriptions", "build_segmentation"]
+__all__ = ["AI_CONTENT_LABEL", "AI_NOTICE", "ANATOMY", "segment_descriptions", "build_segmentation"]
+
+#: ``ContentLabel`` (CS, at most 16 characters) and the notice in ``ContentDescription`` and ``SeriesDescription``.
+AI_CONTENT_LABEL = "AI_SEGMENTATION"
+AI_NOTICE = "AI-generated, not for clinical use"
 
 #: Type 2 patient / study attributes that highdicom copies from the source into the SEG: a source without them (they
 #: may be absent from anonymised or synthetic files) gets them empty, in a copy.
@@ -59,12 +70,34 @@ def segment_descriptions(class_names: Sequence[str], algorithm: str, version: st
     return descriptions
 
 
+def _pixel_measures(source: Any):
+    """Pixel Measures of a single-frame projection image (no ``ImagePositionPatient``): the source's ``PixelSpacing``,
+    else its ``ImagerPixelSpacing`` (at the detector), with ``SliceThickness`` as the source has it, or present and
+    empty (unknown; highdicom's reader requires the attribute). None for cross-sectional images (highdicom takes the
+    spacing, thickness and plane positions from the series) or a source without any spacing."""
+    import highdicom as hd
+
+    if "ImagePositionPatient" in source:
+        return None
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    if not spacing:
+        return None
+    thickness = source.get("SliceThickness")
+    measures = hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in spacing],
+                                        slice_thickness=float(thickness) if thickness not in (None, "") else None)
+    if "SliceThickness" not in measures[0]:
+        measures[0].SliceThickness = None  # type 2: present, value unknown
+    return measures
+
+
 def build_segmentation(
     source_images: Sequence, labels: np.ndarray, class_names: Sequence[str], algorithm: str, version: str,
     series_description: str,
 ):
     """A binary DICOM SEG of ``labels`` (``(frames, rows, columns)`` class indices, frame ``i`` on
     ``source_images[i]``), every frame kept (empty ones too) so that frame ``i`` stays on source image ``i``.
+
+    ``series_description`` (shortened where needed) is followed by :data:`AI_NOTICE`, within DICOM's 64 characters.
 
     Raises:
         ValueError: the label array does not match the source images (named sizes).
@@ -91,9 +124,12 @@ def build_segmentation(
         manufacturer_model_name=algorithm,
         software_versions=version,
         device_serial_number="0",
+        content_label=AI_CONTENT_LABEL,
+        content_description=f"{algorithm}: {AI_NOTICE}",  # the version is in SoftwareVersions
+        pixel_measures=_pixel_measures(source_images[0]) if len(source_images) == 1 else None,
         omit_empty_frames=False,
     )
-    seg.SeriesDescription = series_description[:64]
+    seg.SeriesDescription = f"{series_description[: 64 - len(AI_NOTICE) - 3]} - {AI_NOTICE}"
     return seg
 
 

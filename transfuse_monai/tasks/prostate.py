@@ -49,6 +49,7 @@ __all__ = [
     "SelectModalitiesd",
     "class_output",
     "aggregate_folds",
+    "write_mr_series",
 ]
 
 logger = logging.getLogger("transfuse_monai.tasks")
@@ -604,6 +605,80 @@ class SelectModalitiesd(MapTransform):
 
 
 # ------------------------------------------------------------------------------------------------------ handlers
+
+
+def write_mr_series(
+    folder: str | os.PathLike,
+    volume: np.ndarray,
+    spacing: Sequence[float],
+    origin_lps: Sequence[float],
+    description: str,
+    study: dict,
+    number: int,
+    modality: str = "MR",
+    pixel_spacing: bool = True,
+    plane: str = "axial",
+) -> list[Path]:
+    """Write ``volume`` ``(columns, rows, slices)`` (integers) as a DICOM series, one file per slice, as a scanner
+    exports it (for samples, tests and the Deploy benchmark): axial, or sagittal (rows along the patient's feet,
+    columns along posterior, slices along left).
+
+    Args:
+        folder: where the files go (``s<number>_<slice>.dcm``).
+        volume: stored values, ``(columns, rows, slices)``.
+        spacing: voxel size in mm along the three axes of ``volume``.
+        origin_lps: position (LPS, mm) of the first voxel of the first slice.
+        description: ``SeriesDescription``.
+        study: ``{"uid": StudyInstanceUID, "frame_of_reference": FrameOfReferenceUID}`` shared by the study's series.
+        number: ``SeriesNumber``.
+        modality: ``Modality`` (``MR``; ``CT`` writes CT Image Storage).
+        pixel_spacing: write ``PixelSpacing`` (False: a series without it, to test the checks).
+        plane: ``"axial"`` or ``"sagittal"``.
+
+    Returns:
+        The files, in slice order.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.4" if modality == "MR" else "1.2.840.10008.5.1.4.1.1.2"
+    series_uid, files = generate_uid(), []
+    for k in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Synthetic^Prostate", "P1", "", "M"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study["uid"], "20260101", "120000", "1"
+        ds.ReferringPhysicianName, ds.AccessionNumber, ds.StudyDescription = "", "", "Prostate MRI"
+        ds.FrameOfReferenceUID = study["frame_of_reference"]
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, number, description
+        ds.Modality, ds.InstanceNumber, ds.ImageType = modality, k + 1, ["ORIGINAL", "PRIMARY", plane.upper()]
+        if plane == "axial":
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]),
+                                       float(origin_lps[2] + k * spacing[2])]
+        elif plane == "sagittal":
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+            ds.ImagePositionPatient = [float(origin_lps[0] + k * spacing[2]), float(origin_lps[1]),
+                                       float(origin_lps[2])]
+        else:
+            raise ValueError(f"plane must be 'axial' or 'sagittal', got {plane!r}")
+        if pixel_spacing:
+            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # (between rows, between columns)
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[0])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).astype(np.uint16).tobytes()
+        path = Path(folder) / f"s{number:02d}_{k:03d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
 
 
 def class_output(index: int):

@@ -1,4 +1,9 @@
-from app import main
+"""``python <this folder>`` (a packaged application) or ``python -m apps.<name>`` from ``deploy/``."""
+
+try:
+    from .app import main  # python -m apps.<name>
+except ImportError:  # python deploy/apps/<name>: this folder is on sys.path
+    from app import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

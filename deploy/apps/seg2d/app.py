@@ -1,11 +1,13 @@
 """MONAI Deploy application: 2D pictures (PNG/JPEG/BMP/TIFF) -> TransFuse bundle -> mask PNGs.
 
-    python deploy/apps/seg2d -i image.png|folder -o out_dir -m model.ts
+    python deploy/apps/seg2d -i image.png|folder -o out_dir -m model.ts [--overwrite]
 
 For every bundle that takes one 2D picture: RGB frames (polyp, isic2017) and grey radiographs (hip). Each mask is
 ``<output>/<input stem>.png`` at the picture's size, as the bundle's own inference writes it: uint8 0/255 for a
 binary bundle, the class indices 0..K-1 for a multi-class one (hip: 0 background, 1 pelvis, 2 left femur, 3 right
-femur). Graph: ``ImageFileLoaderOperator`` -> ``MonaiBundleInferenceOperator`` -> ``MaskWriterOperator``.
+femur). Graph: ``ImageFileLoaderOperator`` -> ``MonaiBundleInferenceOperator`` -> ``MaskWriterOperator``. The output
+folder may not be, hold or lie inside the input; two pictures that would give the same mask name are refused; masks
+that exist are skipped unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from monai.deploy.core import AppContext, Application
+from monai.deploy.core import Application
 
-from transfuse_deploy.bundle import BundleIO, list_files, resolve_model
+from transfuse_deploy.bundle import list_files, output_stem
+from transfuse_deploy.cli import Invocation, run_app
+from transfuse_deploy.inputs import check_output_folder, pending
 from transfuse_deploy.operators import MaskWriterOperator, compose_file_pipeline
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -23,29 +27,41 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 logger = logging.getLogger("transfuse_deploy.seg2d")
 
 
+def prepare(run: Invocation) -> dict[Path, Path] | None:
+    """Every picture with its mask file (source -> mask PNG); None when all exist."""
+    spatial = run.bundle.input_spec.get("spatial_shape")
+    if spatial and len(spatial) != 2:
+        raise ValueError(f"{run.model_path}: not a 2D-picture bundle (input {run.bundle.input_spec})")
+    files = [f.absolute() for f in list_files(run.input_path, IMAGE_SUFFIXES)]
+    out = check_output_folder(run.output_folder, run.input_path, files)
+    targets: dict[Path, Path] = {}
+    for path in files:
+        target = out / f"{output_stem(path)}.png"
+        clash = next((src for src, t in targets.items() if t == target), None)
+        if clash is not None:
+            raise ValueError(f"{clash} and {path} would both write {target}: rename one or run them separately")
+        targets[path] = target
+    todo = pending({f: [t] for f, t in targets.items()}, run.overwrite)
+    logger.info("model %s, %d image(s), %d to segment, output %s", run.model_path, len(files), len(todo), out)
+    return {f: targets[f] for f in todo} or None
+
+
 class TransFuseSeg2DApp(Application):
     """Picture file(s) -> TransFuse bundle (TorchScript with embedded configs) -> mask PNG(s)."""
 
     def compose(self):
-        app_context: AppContext = Application.init_app_context(self.argv)
-        model_path = resolve_model(app_context.model_path)
-        files = list_files(app_context.input_path, IMAGE_SUFFIXES)
-        output_folder = Path(app_context.output_path)
-        bundle = BundleIO(model_path)
-        if bundle.input_spec.get("spatial_shape") and len(bundle.input_spec["spatial_shape"]) != 2:
-            raise ValueError(f"{model_path}: not a 2D-picture bundle (input {bundle.input_spec})")
-        logger.info("model %s, %d image(s), output %s", model_path, len(files), output_folder)
-
+        run: Invocation = self.invocation
+        app_context = Application.init_app_context(self.argv)
         writer_op = MaskWriterOperator(
-            self, output_folder=output_folder, loader=bundle.loader, input_name=bundle.output_name,
-            num_classes=bundle.num_classes, name="mask_writer",
+            self, targets=self.plan, loader=run.bundle.loader, input_name=run.bundle.output_name,
+            num_classes=run.bundle.num_classes, name="mask_writer",
         )
-        compose_file_pipeline(self, app_context, model_path, bundle, files, writer_op)
+        compose_file_pipeline(self, app_context, run.model_path, run.bundle, list(self.plan), writer_op)
 
-def main(argv: list[str] | None = None) -> None:
-    app = TransFuseSeg2DApp(argv) if argv else TransFuseSeg2DApp()
-    app.run()
+
+def main(argv: list[str] | None = None) -> int:
+    return run_app(TransFuseSeg2DApp, prepare, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
