@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "deploy"))
 
 from transfuse_deploy.inputs import (  # noqa: E402
+    check_nifti,
     check_output_folder,
+    check_picture,
     decoder_problem,
     find_dicom_files,
     is_dicom_file,
@@ -160,6 +162,21 @@ def test_oblique_axial_is_axial_and_derived_t2_is_rejected(rules):
     assert chosen.uid == uid_of(series, "t2_tra") and chosen.orientation == "axial"
 
 
+def test_series_with_a_gap_or_duplicated_slices_is_rejected(rules):
+    series = protocol(t2_sag=None, t2_cor=None, t2_tra_repeat=None)
+    items = study_datasets(series)
+    t2 = sorted((ds for _, ds in items if ds.SeriesInstanceUID == uid_of(series, "t2_tra")),
+                key=lambda ds: int(ds.InstanceNumber))
+    for ds in t2[5:]:  # two slices missing between the 5th and the 6th
+        ds.ImagePositionPatient = [0.0, 0.0, float(ds.ImagePositionPatient[2]) + 6.0]
+    with pytest.raises(SeriesSelectionError, match=r"'t2_tse_tra' \(MR, axial, 12 image\(s\), 8x8\): uneven slice "
+                       r"spacing \(steps of 3.00 to 9.00 mm around 3.00 mm\)"):
+        select_series(group_series(items), rules["T2"])
+    t2[5].ImagePositionPatient = t2[4].ImagePositionPatient  # a duplicated slice
+    with pytest.raises(SeriesSelectionError, match="several slices at the same position"):
+        select_series(group_series(items), rules["T2"])
+
+
 def test_no_axial_t2_lists_every_series_and_why(rules):
     series = protocol(t2_tra=None, t2_tra_repeat=None)
     with pytest.raises(SeriesSelectionError) as err:
@@ -279,3 +296,27 @@ def test_finished_outputs_are_skipped_unless_overwritten(tmp_path, caplog):
         assert pending(outputs, overwrite=False) == ["b", "c"]
     assert "skipping a: already done" in caplog.text and "--overwrite" in caplog.text
     assert pending(outputs, overwrite=True) == ["a", "b", "c"]
+
+
+def test_pictures_and_volumes_are_read_up_front_naming_the_file(tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    picture = tmp_path / "frame.png"
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(picture)
+    check_picture(picture)
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(picture.read_bytes()[:40])
+    with pytest.raises(ValueError, match=f"{truncated} is not a readable picture"):
+        check_picture(truncated)
+    volume = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3, 2), np.float32), np.eye(4)), str(volume))
+    assert check_nifti(volume) == (4, 5, 3, 2)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(volume.read_bytes()[:-20])
+    with pytest.raises(ValueError, match=f"{cut} is not a readable NIfTI volume"):
+        check_nifti(cut)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5), np.float32), np.eye(4)), str(flat))
+    with pytest.raises(ValueError, match="expected 3D"):
+        check_nifti(flat)

@@ -16,7 +16,8 @@ optional keys per selection:
     the fewest images a series may have (a localiser of 1-3 slices is no volume).
 
 Every selected series must also carry the geometry a volume needs (``PixelSpacing``, ``ImagePositionPatient``,
-``ImageOrientationPatient``). When several series match, the tie-break picks, in this order: the most images, the
+``ImageOrientationPatient``) and evenly spaced slices (positions along the slice normal within
+:data:`SPACING_TOLERANCE` of their median step: no gap, no duplicated slice). When several series match, the tie-break picks, in this order: the most images, the
 largest matrix (rows x columns), the highest series number (the latest repeat of a sequence). The choice is logged
 with every rejected series and the reason; when no series matches, the error lists them all.
 """
@@ -51,6 +52,8 @@ logger = logging.getLogger("transfuse_deploy")
 MAX_TILT_DEGREES = 45.0
 ORIENTATIONS = ("sagittal", "coronal", "axial")  # normal along patient x (L), y (P), z (S)
 GEOMETRY = ("PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient")
+#: The largest relative deviation of a step between slice positions from the median step.
+SPACING_TOLERANCE = 0.1
 
 
 class SeriesSelectionError(ValueError):
@@ -87,6 +90,7 @@ class SeriesInfo:
     rows: int
     columns: int
     missing_geometry: tuple[str, ...]
+    spacing_problem: str | None = None
     attributes: dict = field(default_factory=dict, compare=False, repr=False)
     files: tuple[Path, ...] = field(default=(), compare=False, repr=False)
 
@@ -113,9 +117,32 @@ class SeriesInfo:
             rows=int(first.get("Rows", 0) or 0),
             columns=int(first.get("Columns", 0) or 0),
             missing_geometry=tuple(a for a in GEOMETRY if a not in first),
+            spacing_problem=_spacing_problem(datasets),
             attributes={e.keyword: e.value for e in first if e.keyword and e.keyword != "PixelData"},
             files=tuple(files),
         )
+
+
+def _spacing_problem(datasets: Sequence[Any]) -> str | None:
+    """Why the slices of a series are not evenly spaced along their normal (a gap, a duplicated position), or None
+    (one slice, or no geometry to tell)."""
+    first = datasets[0]
+    if len(datasets) < 2 or "ImageOrientationPatient" not in first:
+        return None
+    try:
+        iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        positions = np.sort([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in datasets])
+    except (AttributeError, TypeError, ValueError):
+        return "slices without ImagePositionPatient"
+    steps = np.diff(positions)
+    step = float(np.median(steps))
+    if step <= 1e-6 or np.any(steps <= 1e-6):
+        return "several slices at the same position"
+    worst = float(np.max(np.abs(steps - step)))
+    if worst > SPACING_TOLERANCE * step:
+        return f"uneven slice spacing (steps of {steps.min():.2f} to {steps.max():.2f} mm around {step:.2f} mm)"
+    return None
 
 
 def group_series(datasets: Iterable[tuple[Path, Any]]) -> list[SeriesInfo]:
@@ -178,6 +205,8 @@ class SelectionRule:
             return f"{series.instances} image(s), fewer than {self.min_instances}"
         if series.missing_geometry:
             return f"has no {', '.join(series.missing_geometry)} (a volume needs its voxel spacing and slice geometry)"
+        if series.spacing_problem:
+            return series.spacing_problem
         return None
 
 

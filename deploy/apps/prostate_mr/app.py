@@ -35,7 +35,7 @@ from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesTo
 
 from transfuse_deploy.bundle import list_files, output_stem
 from transfuse_deploy.cli import Invocation, run_app
-from transfuse_deploy.inputs import check_output_folder, find_dicom_files, pending, read_dicom
+from transfuse_deploy.inputs import check_nifti, check_output_folder, find_dicom_files, pending, read_dicom
 from transfuse_deploy.operators import (
     MRChannelStackOperator,
     SeriesByUidSelectorOperator,
@@ -79,6 +79,8 @@ def prepare(run: Invocation) -> Plan | None:
     logger.info("model %s takes %d channel(s): %s", run.model_path, channels, " + ".join(needed))
     if is_nifti_input(run.input_path):
         files = list_files(run.input_path, NIFTI_SUFFIXES, what="NIfTI volume")
+        for path in files:
+            check_nifti(path)
         out = check_output_folder(run.output_folder, run.input_path, files)
         targets = {f.absolute(): out / f"{output_stem(f)}.nii.gz" for f in files}
         todo = pending({f: [t] for f, t in targets.items()}, run.overwrite)
