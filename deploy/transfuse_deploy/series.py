@@ -17,9 +17,10 @@ optional keys per selection:
 
 Every selected series must also carry the geometry a volume needs (``PixelSpacing``, ``ImagePositionPatient``,
 ``ImageOrientationPatient``) and evenly spaced slices (positions along the slice normal within
-:data:`SPACING_TOLERANCE` of their median step: no gap, no duplicated slice). When several series match, the tie-break picks, in this order: the most images, the
-largest matrix (rows x columns), the highest series number (the latest repeat of a sequence). The choice is logged
-with every rejected series and the reason; when no series matches, the error lists them all.
+:data:`SPACING_TOLERANCE` of their median step: no gap, no duplicated slice). When several series match, the tie-break
+picks, in this order: the most images, the largest matrix (rows x columns), the highest series number (the latest
+repeat of a sequence). The choice is logged with every rejected series and the reason; when no series matches, the
+error lists them all.
 """
 
 from __future__ import annotations
