@@ -268,6 +268,10 @@ def test_prostate_dicom_app_selects_series_and_writes_seg(prostate, deploy_pytho
 
     labels, info = read_seg(deploy_python, out / f"{t2_series}_seg.dcm", t2_files, tmp_path / "seg")
     assert info["modality"] == "SEG" and info["referenced_series"] == [t2_series]
+    # the T2 series' spacing (PixelSpacing: between rows, between columns) and slice thickness; the AI marking
+    assert info["pixel_spacing"] == [T2_SPACING[1], T2_SPACING[0]] and info["slice_thickness"] == [True, T2_SPACING[2]]
+    assert info["content_label"] == "AI_SEGMENTATION" and "not for clinical use" in info["series_description"]
+    assert info["pydicom_pixels"] == [2 * len(t2_files), *prostate["t2"].shape[1::-1]]
     assert {s["number"]: (s["label"], s["type"]) for s in info["segments"]} == {
         1: ("PZ", "279706003"), 2: ("TZ", "399384005")
     }
@@ -567,3 +571,27 @@ def test_monai_ckpt_export_of_a_t2_only_network_is_refused_with_the_way_out(depl
     assert "the network takes 1 input channel(s) but its embedded inference.json feeds 2" in log, log[-3000:]
     assert "python -m transfuse_monai.export" in log and "object at 0x" not in log
     assert output_files(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("case", ["truncated", "same_output_name"])
+def test_seg2d_app_checks_every_picture_first(case, hip, deploy_python, tmp_path):
+    """``seg2d`` (here with the hip bundle, a grey 2D-picture bundle) decodes every picture before the graph and refuses
+    two pictures that would write the same mask."""
+    from transfuse_monai.tasks.hip import draw_hip
+
+    image, _ = draw_hip(np.random.default_rng(5), *IMAGE_HW)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture = Image.fromarray((image * 255).astype(np.uint8))
+    picture.save(folder / "a.png")
+    if case == "truncated":
+        picture.save(folder / "b.png")
+        (folder / "b.png").write_bytes((folder / "b.png").read_bytes()[:200])
+        message = f"unreadable or corrupt image file 'b.png' ({folder / 'b.png'})"
+    else:
+        picture.save(folder / "a.jpg")
+        message = f"{folder / 'a.jpg'} and {folder / 'a.png'} would both write {tmp_path / 'out' / 'a.png'}"
+    log = _run_app(deploy_python, ["seg2d", "-i", folder, "-o", tmp_path / "out", "-m", hip["model"]],
+                   tmp_path / "run.log").finish(expect_fail=True)
+    assert message in log, f"{case}: no clear error in\n{log[-3000:]}"
+    assert "Traceback" not in log and output_files(tmp_path / "out") == []

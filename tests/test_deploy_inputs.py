@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO / "deploy"))
 from transfuse_deploy.inputs import (  # noqa: E402
     check_nifti,
     check_output_folder,
-    check_picture,
     decoder_problem,
     find_dicom_files,
     is_dicom_file,
@@ -298,17 +297,9 @@ def test_finished_outputs_are_skipped_unless_overwritten(tmp_path, caplog):
     assert pending(outputs, overwrite=True) == ["a", "b", "c"]
 
 
-def test_pictures_and_volumes_are_read_up_front_naming_the_file(tmp_path):
+def test_volumes_are_read_up_front_naming_the_file(tmp_path):
     import nibabel as nib
-    from PIL import Image
 
-    picture = tmp_path / "frame.png"
-    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(picture)
-    check_picture(picture)
-    truncated = tmp_path / "cut.png"
-    truncated.write_bytes(picture.read_bytes()[:40])
-    with pytest.raises(ValueError, match=f"{truncated} is not a readable picture"):
-        check_picture(truncated)
     volume = tmp_path / "case.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 3, 2), np.float32), np.eye(4)), str(volume))
     assert check_nifti(volume) == (4, 5, 3, 2)

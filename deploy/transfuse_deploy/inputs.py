@@ -3,9 +3,10 @@
 * DICOM files as PACS and CD exports lay them out: folders searched recursively, files recognised by their DICOM
   preamble (``DICM`` at byte 128, any name, e.g. ``DICOM/S1/IM00001``) or a DICOM file name (``.dcm``, ``.dicom``,
   ``.dic``); ``DICOMDIR`` (the CD's index of the same files) and hidden files are skipped.
-* Every DICOM file is read and its pixels decoded once (and every picture or NIfTI volume read once), so that a
-  truncated file, a transfer syntax without an installed decoder (named with the packages that decode it) or a file
-  of another kind stops the application with the file's name before anything runs.
+* Every DICOM file is read and its pixels decoded once (and every NIfTI volume read once; pictures are checked by
+  :func:`transfuse_monai.data.checks.check_picture`, as the bundles' own datalists do), so that a truncated file, a
+  transfer syntax without an installed decoder (named with the packages that decode it) or a file of another kind
+  stops the application with the file's name before anything runs.
 * Output paths never write over or inside what was read: an output folder that is an input file, holds an input
   file or lies inside an input folder is refused.
 * Re-runs skip the inputs whose outputs are all there, unless told to overwrite.
@@ -23,7 +24,6 @@ __all__ = [
     "DICOM_SUFFIXES",
     "check_nifti",
     "check_output_folder",
-    "check_picture",
     "decoder_problem",
     "find_dicom_files",
     "is_dicom_file",
@@ -125,21 +125,6 @@ def read_dicom(path: str | os.PathLike, decode: bool = True) -> Any:
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data, wrong lengths, codec errors
             raise ValueError(f"{path}: its pixel data cannot be decoded ({type(err).__name__}: {err})") from err
     return ds
-
-
-def check_picture(path: str | os.PathLike) -> None:
-    """Decode a PNG / JPEG / BMP / TIFF picture once.
-
-    Raises:
-        ValueError: the file is not a picture or is truncated, naming it.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError ... for bad files
-        raise ValueError(f"{path} is not a readable picture: {type(err).__name__}: {err}") from err
 
 
 def check_nifti(path: str | os.PathLike) -> tuple[int, ...]:

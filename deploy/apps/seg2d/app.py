@@ -19,7 +19,8 @@ from monai.deploy.core import Application
 
 from transfuse_deploy.bundle import list_files, output_stem
 from transfuse_deploy.cli import Invocation, run_app
-from transfuse_deploy.inputs import check_output_folder, check_picture, pending
+from transfuse_deploy.inputs import check_output_folder, pending
+from transfuse_monai.data.checks import check_picture
 from transfuse_deploy.operators import MaskWriterOperator, compose_file_pipeline
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -33,8 +34,10 @@ def prepare(run: Invocation) -> dict[Path, Path] | None:
     if spatial and len(spatial) != 2:
         raise ValueError(f"{run.model_path}: not a 2D-picture bundle (input {run.bundle.input_spec})")
     files = [f.absolute() for f in list_files(run.input_path, IMAGE_SUFFIXES)]
-    for path in files:
-        check_picture(path)
+    for path in files:  # decoded once, in the network's channels: the bundles' own start-up check
+        problems = check_picture(path, "image", channels=run.bundle.in_channels).problems
+        if problems:
+            raise ValueError("; ".join(problems))
     out = check_output_folder(run.output_folder, run.input_path, files)
     targets: dict[Path, Path] = {}
     for path in files:
