@@ -11,23 +11,12 @@ from typing import Any
 
 from monai.deploy.operators.monai_bundle_inference_operator import BundleConfigNames, get_bundle_config
 
-__all__ = ["CONFIG_NAMES", "BundleIO", "resolve_model", "list_files", "load_with", "output_stem", "reverses_indexing"]
+__all__ = ["CONFIG_NAMES", "BundleIO", "resolve_model", "list_files", "load_with", "reverses_indexing"]
 
 logger = logging.getLogger("transfuse_deploy")
 
 #: The bundle configs the applications use (``inference.json``'s ``preprocessing``, ``inferer``, ``postprocessing``).
 CONFIG_NAMES = BundleConfigNames(config_names=["inference"])
-#: Endings an output name drops from its input's name (any other name is kept whole: ``IM00001``, ``1.2.840.1``).
-INPUT_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def output_stem(path: str | os.PathLike) -> str:
-    """The name of an input file without its image ending (:data:`INPUT_SUFFIXES`), the stem of its outputs."""
-    name = Path(path).name
-    for ext in INPUT_SUFFIXES:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def resolve_model(path: str | os.PathLike) -> Path:

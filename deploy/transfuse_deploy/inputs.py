@@ -20,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from transfuse_monai.data.formats import DICOM_EXTENSIONS
+
 __all__ = [
-    "DICOM_SUFFIXES",
     "check_nifti",
     "check_output_folder",
     "decoder_problem",
@@ -33,18 +34,16 @@ __all__ = [
 
 logger = logging.getLogger("transfuse_deploy")
 
-#: File names that mark DICOM files without looking inside (files of any other name are recognised by their preamble).
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 #: Media Storage Directory Storage: a DICOMDIR, the index of a DICOM CD (its files are found by the folder walk).
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _PREAMBLE_END, _MAGIC = 128, b"DICM"
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a DICOM file by name (:data:`DICOM_SUFFIXES`) or by its Part 10 preamble (``DICM`` at byte
-    128), the way PACS and CD exports store files without an extension."""
+    """Whether ``path`` is a DICOM file by name (``DICOM_EXTENSIONS`` of :mod:`transfuse_monai.data.formats`) or by its
+    Part 10 preamble (``DICM`` at byte 128), the way PACS and CD exports store files without an extension."""
     path = Path(path)
-    if path.name.lower().endswith(DICOM_SUFFIXES):
+    if path.name.lower().endswith(DICOM_EXTENSIONS):
         return True
     try:
         with open(path, "rb") as f:
@@ -77,8 +76,8 @@ def find_dicom_files(path: str | os.PathLike) -> list[Path]:
     )
     if not files:
         raise ValueError(
-            f"no DICOM file in {path} (searched recursively for files named *{', *'.join(DICOM_SUFFIXES)} or starting "
-            "with the DICOM preamble)"
+            f"no DICOM file in {path} (searched recursively for files named *{', *'.join(DICOM_EXTENSIONS)} or "
+            "starting with the DICOM preamble)"
         )
     return files
 

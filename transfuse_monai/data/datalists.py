@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .checks import check_picture
+from .formats import IMAGE_EXTENSIONS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -31,8 +32,6 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-#: File extensions (lower case) recognised as images or masks.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 # --------------------------------------------------------------------------- helpers

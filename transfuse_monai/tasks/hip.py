@@ -53,6 +53,7 @@ from monai.data.meta_tensor import MetaTensor
 from monai.transforms import Flip, MapTransform, RandomizableTransform
 from monai.utils import MetaKeys
 
+from transfuse_monai.data.formats import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, NIFTI_EXTENSIONS, file_stem
 from transfuse_monai.data.synthetic import resolve_sizes
 from transfuse_monai.tasks.base import SegmentationTask, register_task
 from transfuse_monai.utils import atomic_path, atomic_write_json
@@ -88,11 +89,8 @@ HIP_CLASSES: tuple[str, ...] = ("background", "pelvis", "left femur", "right fem
 #: Split name -> list key of the datalist JSON (MONAI's decathlon convention).
 HIP_DATALIST_KEYS: dict[str, str] = {"train": "training", "val": "validation", "test": "test"}
 
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-_RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: File name endings read as radiographs (DICOM files without an extension are recognised by their preamble).
-RADIOGRAPH_EXTENSIONS: tuple[str, ...] = _DICOM_SUFFIXES + _RASTER_SUFFIXES + _NIFTI_SUFFIXES
+RADIOGRAPH_EXTENSIONS: tuple[str, ...] = DICOM_EXTENSIONS + IMAGE_EXTENSIONS + NIFTI_EXTENSIONS
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -101,11 +99,11 @@ RADIOGRAPH_EXTENSIONS: tuple[str, ...] = _DICOM_SUFFIXES + _RASTER_SUFFIXES + _N
 def _kind(path: str | os.PathLike) -> str:
     """``"dicom"``, ``"raster"`` or ``"nifti"`` from the name (or the DICOM preamble of a file without suffix)."""
     name = os.fspath(path).lower()
-    if name.endswith(_NIFTI_SUFFIXES):
+    if name.endswith(NIFTI_EXTENSIONS):
         return "nifti"
-    if name.endswith(_RASTER_SUFFIXES):
+    if name.endswith(IMAGE_EXTENSIONS):
         return "raster"
-    if name.endswith(_DICOM_SUFFIXES):
+    if name.endswith(DICOM_EXTENSIONS):
         return "dicom"
     try:
         with open(path, "rb") as f:
@@ -115,8 +113,8 @@ def _kind(path: str | os.PathLike) -> str:
     except OSError:
         pass
     raise ValueError(
-        f"'{os.fspath(path)}' is not a radiograph this task reads: expected DICOM ({', '.join(_DICOM_SUFFIXES)} or "
-        f"a DICOM file without extension), {', '.join(_RASTER_SUFFIXES)} or {', '.join(_NIFTI_SUFFIXES)}."
+        f"'{os.fspath(path)}' is not a radiograph this task reads: expected DICOM ({', '.join(DICOM_EXTENSIONS)} or "
+        f"a DICOM file without extension), {', '.join(IMAGE_EXTENSIONS)} or {', '.join(NIFTI_EXTENSIONS)}."
     )
 
 
@@ -493,14 +491,6 @@ def radiograph_datalist(source: str | os.PathLike, split: str = "test") -> list[
     return items
 
 
-def _stem(path: str | os.PathLike) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", *RADIOGRAPH_EXTENSIONS):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
 def make_split_datalist(
     images_dir: str | os.PathLike,
     labels_dir: str | os.PathLike,
@@ -539,7 +529,7 @@ def make_split_datalist(
 
     def scan(folder: Path) -> dict[str, Path]:
         return {
-            _stem(p): p for p in sorted(folder.iterdir())
+            file_stem(p): p for p in sorted(folder.iterdir())
             if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(RADIOGRAPH_EXTENSIONS)
         }
 
@@ -719,7 +709,7 @@ class HipTask(SegmentationTask):
             for k in ("image", "label"):
                 p = Path(os.path.expanduser(str(entry[k])))
                 item[k] = str(p if p.is_absolute() else base / p)
-            item.setdefault("name", _stem(item["image"]))
+            item.setdefault("name", file_stem(item["image"]))
             spacing = item.get("spacing", default_spacing)
             if spacing is not None:
                 try:

@@ -38,6 +38,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from transfuse_monai.data.formats import NIFTI_EXTENSIONS, file_stem
 from transfuse_monai.tasks.base import SegmentationTask, register_task
 from transfuse_monai.utils import atomic_write_json, atomic_write_text
 
@@ -66,18 +67,6 @@ PAPER_TABLE4: dict[str, dict[str, float]] = {
     },
     "TransFuse-S (paper)": {"dice_PZ": 0.6738, "dice_TZ": 0.8539, "dice": 0.7639, "seconds_per_volume": 0.192},
 }
-
-_NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-
-
-def _stem(path: str | os.PathLike) -> str:
-    """File name without its NIfTI extension (``prostate_00.nii.gz`` -> ``prostate_00``)."""
-    name = os.path.basename(os.fspath(path))
-    for ext in _NIFTI_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
-
 
 def _as_path(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
@@ -182,7 +171,7 @@ class ProstateTask(SegmentationTask):
         key = (str(root_path), bool(validate))
         if key not in self._checked:
             items = self._load_list(root_path, "training")
-            missing_label = [_stem(d["image"]) for d in items if not d.get("label")]
+            missing_label = [file_stem(d["image"]) for d in items if not d.get("label")]
             if missing_label:
                 raise ValueError(
                     f"dataset.json of '{root_path}': training entries without a 'label': {missing_label}."
@@ -275,16 +264,16 @@ class ProstateTask(SegmentationTask):
             if path.is_dir():
                 files = sorted(
                     p for p in path.iterdir()
-                    if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_NIFTI_EXTENSIONS)
+                    if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(NIFTI_EXTENSIONS)
                 )
                 if files:
-                    items = [{"image": str(p), "name": _stem(p)} for p in files]
+                    items = [{"image": str(p), "name": file_stem(p)} for p in files]
                 elif self.is_dataset(path):
                     items = self._load_list(path, "test")
                 else:
                     raise ValueError(f"No NIfTI image (.nii, .nii.gz) and no dataset.json found in '{path}'.")
-            elif path.is_file() and path.name.lower().endswith(_NIFTI_EXTENSIONS):  # one volume
-                items = [{"image": str(path), "name": _stem(path)}]
+            elif path.is_file() and path.name.lower().endswith(NIFTI_EXTENSIONS):  # one volume
+                items = [{"image": str(path), "name": file_stem(path)}]
             elif path.is_file():
                 content = self._read_json(path)
                 key = next((k for k in ("test", "testing", "validation", "training") if k in content), None)
@@ -298,7 +287,7 @@ class ProstateTask(SegmentationTask):
             items = [
                 {"image": str(_as_path(d["image"] if isinstance(d, Mapping) else d))} for d in source
             ]
-            items = [{**d, "name": _stem(d["image"])} for d in items]
+            items = [{**d, "name": file_stem(d["image"])} for d in items]
         if not items:
             raise ValueError(f"No image to segment in {source}.")
         if validate:
@@ -334,7 +323,7 @@ class ProstateTask(SegmentationTask):
         out = []
         for d in items:
             item = {k: (str(_as_path(v)) if k in ("image", "label") else v) for k, v in d.items()}
-            item["name"] = _stem(item["image"])
+            item["name"] = file_stem(item["image"])
             out.append(item)
         return sorted(out, key=lambda d: d["name"])
 

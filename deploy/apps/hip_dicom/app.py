@@ -21,10 +21,10 @@ from pathlib import Path
 
 from monai.deploy.core import Application
 
-from transfuse_deploy.bundle import output_stem
 from transfuse_deploy.cli import Invocation, run_app
 from transfuse_deploy.inputs import check_output_folder, find_dicom_files, pending, read_dicom
 from transfuse_deploy.operators import RadiographSegWriterOperator, compose_file_pipeline
+from transfuse_monai.data.formats import file_stem
 
 MODALITIES = ("DX", "CR")
 
@@ -63,7 +63,7 @@ def prepare(run: Invocation) -> dict[Path, tuple[Path, Path]] | None:
     targets = {}
     for path in files:
         folder = out / path.parent.relative_to(root)
-        targets[path] = (folder / f"{output_stem(path)}_seg.dcm", folder / f"{output_stem(path)}_preview.png")
+        targets[path] = (folder / f"{file_stem(path)}_seg.dcm", folder / f"{file_stem(path)}_preview.png")
     todo = pending(targets, run.overwrite)
     logger.info("model %s, %d radiograph(s), %d to segment, output %s", run.model_path, len(files), len(todo), out)
     return {f: targets[f] for f in todo} or None

@@ -33,7 +33,7 @@ from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
-from transfuse_deploy.bundle import list_files, output_stem
+from transfuse_deploy.bundle import list_files
 from transfuse_deploy.cli import Invocation, run_app
 from transfuse_deploy.inputs import check_nifti, check_output_folder, find_dicom_files, pending, read_dicom
 from transfuse_deploy.operators import (
@@ -44,8 +44,8 @@ from transfuse_deploy.operators import (
     compose_file_pipeline,
 )
 from transfuse_deploy.series import group_series, read_rules, select_series, single_study
+from transfuse_monai.data.formats import NIFTI_EXTENSIONS, file_stem
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 RULES_FILE = Path(__file__).resolve().parent / "series_rules.json"
 #: Selection names in the rules file, in the bundle's channel order.
 CHANNELS = ("T2", "ADC")
@@ -56,8 +56,8 @@ logger = logging.getLogger("transfuse_deploy.prostate_mr")
 def is_nifti_input(path: Path) -> bool:
     """A NIfTI file, or a folder holding NIfTI files (else the input is a DICOM study folder)."""
     if path.is_file():
-        return path.name.lower().endswith(NIFTI_SUFFIXES)
-    return path.is_dir() and any(p.name.lower().endswith(NIFTI_SUFFIXES) for p in path.iterdir())
+        return path.name.lower().endswith(NIFTI_EXTENSIONS)
+    return path.is_dir() and any(p.name.lower().endswith(NIFTI_EXTENSIONS) for p in path.iterdir())
 
 
 @dataclass
@@ -78,11 +78,11 @@ def prepare(run: Invocation) -> Plan | None:
     needed = CHANNELS[:channels]
     logger.info("model %s takes %d channel(s): %s", run.model_path, channels, " + ".join(needed))
     if is_nifti_input(run.input_path):
-        files = list_files(run.input_path, NIFTI_SUFFIXES, what="NIfTI volume")
+        files = list_files(run.input_path, NIFTI_EXTENSIONS, what="NIfTI volume")
         for path in files:
             check_nifti(path)
         out = check_output_folder(run.output_folder, run.input_path, files)
-        targets = {f.absolute(): out / f"{output_stem(f)}.nii.gz" for f in files}
+        targets = {f.absolute(): out / f"{file_stem(f)}.nii.gz" for f in files}
         todo = pending({f: [t] for f, t in targets.items()}, run.overwrite)
         logger.info("%d NIfTI volume(s), %d to segment", len(files), len(todo))
         return Plan(nifti={f: targets[f] for f in todo}) if todo else None

@@ -17,13 +17,12 @@ from pathlib import Path
 
 from monai.deploy.core import Application
 
-from transfuse_deploy.bundle import list_files, output_stem
+from transfuse_deploy.bundle import list_files
 from transfuse_deploy.cli import Invocation, run_app
 from transfuse_deploy.inputs import check_output_folder, pending
-from transfuse_monai.data.checks import check_picture
 from transfuse_deploy.operators import MaskWriterOperator, compose_file_pipeline
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from transfuse_monai.data.checks import check_picture
+from transfuse_monai.data.formats import IMAGE_EXTENSIONS, file_stem
 
 logger = logging.getLogger("transfuse_deploy.seg2d")
 
@@ -33,7 +32,7 @@ def prepare(run: Invocation) -> dict[Path, Path] | None:
     spatial = run.bundle.input_spec.get("spatial_shape")
     if spatial and len(spatial) != 2:
         raise ValueError(f"{run.model_path}: not a 2D-picture bundle (input {run.bundle.input_spec})")
-    files = [f.absolute() for f in list_files(run.input_path, IMAGE_SUFFIXES)]
+    files = [f.absolute() for f in list_files(run.input_path, IMAGE_EXTENSIONS)]
     for path in files:  # decoded once, in the network's channels: the bundles' own start-up check
         problems = check_picture(path, "image", channels=run.bundle.in_channels).problems
         if problems:
@@ -41,7 +40,7 @@ def prepare(run: Invocation) -> dict[Path, Path] | None:
     out = check_output_folder(run.output_folder, run.input_path, files)
     targets: dict[Path, Path] = {}
     for path in files:
-        target = out / f"{output_stem(path)}.png"
+        target = out / f"{file_stem(path)}.png"
         clash = next((src for src, t in targets.items() if t == target), None)
         if clash is not None:
             raise ValueError(f"{clash} and {path} would both write {target}: rename one or run them separately")
