@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-#: "<time> INFO transfuse_deploy: ..." before the SDK configures logging, "[<time>] [INFO] (transfuse_deploy) - ..."
-#: after it
-_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]? (?:INFO transfuse_deploy:|\[INFO\] "
-                    r"\(transfuse_deploy\) -) (inputs checked|saved)")
+#: "<time> INFO transfuse_deploy.<module>: ..." before the SDK configures logging, "[<time>] [INFO]
+#: (transfuse_deploy.<module>) - ..." after it
+_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]? (?:INFO transfuse_deploy[.\w]*:|\[INFO\] "
+                    r"\(transfuse_deploy[.\w]*\) -) (inputs checked|saved)")
 
 
 def export(bundle: str, out: Path) -> Path:

@@ -474,7 +474,7 @@ def test_hip_dicom_app_reads_a_pacs_export(hip, deploy_python, tmp_path):
     log = _run_app(deploy_python, ["-i", pacs, "-o", out, "-m", hip["model"]], tmp_path / "run2.log",
                    cwd=REPO / "deploy", module="apps.hip_dicom").finish()
     assert "nothing to do: every output exists" in log, log[-3000:]
-    assert log.count("INFO transfuse_deploy: skipping ") == len(layout), log[-3000:]
+    assert log.count("INFO transfuse_deploy.inputs: skipping ") == len(layout), log[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.dcm")} == stamps, "a finished output was written again"
     log = _run_app(deploy_python, ["hip_dicom", "-i", pacs / "DICOM" / "S1", "-o", out / "DICOM" / "S1", "-m",
                                    hip["model"], "--overwrite"], tmp_path / "run3.log").finish()

@@ -13,7 +13,7 @@ from monai.deploy.operators.monai_bundle_inference_operator import BundleConfigN
 
 __all__ = ["CONFIG_NAMES", "BundleIO", "resolve_model", "list_files", "load_with", "reverses_indexing"]
 
-logger = logging.getLogger("transfuse_deploy")
+logger = logging.getLogger(__name__)
 
 #: The bundle configs the applications use (``inference.json``'s ``preprocessing``, ``inferer``, ``postprocessing``).
 CONFIG_NAMES = BundleConfigNames(config_names=["inference"])

@@ -24,7 +24,7 @@ from transfuse_deploy.bundle import BundleIO, resolve_model
 
 __all__ = ["Invocation", "run_app"]
 
-logger = logging.getLogger("transfuse_deploy")
+logger = logging.getLogger(__name__)
 
 #: The SDK's defaults and environment variables of a packaged application (monai.deploy.core.app_context).
 _ENV = {"input": ("HOLOSCAN_INPUT_PATH", "input"), "output": ("HOLOSCAN_OUTPUT_PATH", "output"),

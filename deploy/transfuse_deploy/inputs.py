@@ -32,7 +32,7 @@ __all__ = [
     "read_dicom",
 ]
 
-logger = logging.getLogger("transfuse_deploy")
+logger = logging.getLogger(__name__)
 
 #: Media Storage Directory Storage: a DICOMDIR, the index of a DICOM CD (its files are found by the folder walk).
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"

@@ -42,7 +42,7 @@ __all__ = [
     "VolumeWriterOperator",
 ]
 
-logger = logging.getLogger("transfuse_deploy")
+logger = logging.getLogger(__name__)
 
 #: Algorithm name and version written into DICOM SEG objects.
 ALGORITHM = ("TransFuse", "transfuse-monai 0.1")

@@ -47,7 +47,7 @@ __all__ = [
     "select_series",
 ]
 
-logger = logging.getLogger("transfuse_deploy")
+logger = logging.getLogger(__name__)
 
 #: The largest angle between the slice normal and a plane's normal for the series to count as that plane.
 MAX_TILT_DEGREES = 45.0

@@ -28,7 +28,7 @@ from transfuse_monai.utils import atomic_write_json
 
 __all__ = ["PictureCheck", "check_picture", "mask_value_problem", "InferenceInputs", "REPORT_NAME"]
 
-logger = logging.getLogger("transfuse_monai.data")
+logger = logging.getLogger(__name__)
 
 #: File name of the inference report written in the output folder.
 REPORT_NAME = "inference_report.json"

@@ -37,7 +37,7 @@ __all__ = [
     "is_demo_datalist",
 ]
 
-logger = logging.getLogger("transfuse_monai.tasks")
+logger = logging.getLogger(__name__)
 
 #: File written at the root of a generated demo dataset.
 DEMO_MARKER = "GENERATED_DEMO_DATA.txt"

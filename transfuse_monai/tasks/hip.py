@@ -76,7 +76,7 @@ __all__ = [
     "main",
 ]
 
-logger = logging.getLogger("transfuse_monai.tasks.hip")
+logger = logging.getLogger(__name__)
 
 if __name__ == "__main__":  # ``python -m transfuse_monai.tasks.hip``: the package import above already registered
     # this module's task, so run the registered module's CLI instead of defining (and registering) a second copy

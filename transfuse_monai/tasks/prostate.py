@@ -53,7 +53,7 @@ __all__ = [
     "write_mr_series",
 ]
 
-logger = logging.getLogger("transfuse_monai.tasks")
+logger = logging.getLogger(__name__)
 
 #: MSD task folder name (and MONAI ``DecathlonDataset`` task) of the prostate data.
 MSD_TASK = "Task05_Prostate"

@@ -28,6 +28,7 @@ from transfuse_monai.data.formats import file_stem
 
 MODALITIES = ("DX", "CR")
 
+# run as a script this module is "app" or "__main__", so it is named after its application
 logger = logging.getLogger("transfuse_deploy.hip_dicom")
 
 

@@ -50,6 +50,7 @@ RULES_FILE = Path(__file__).resolve().parent / "series_rules.json"
 #: Selection names in the rules file, in the bundle's channel order.
 CHANNELS = ("T2", "ADC")
 
+# run as a script this module is "app" or "__main__", so it is named after its application
 logger = logging.getLogger("transfuse_deploy.prostate_mr")
 
 

@@ -24,6 +24,7 @@ from transfuse_deploy.operators import MaskWriterOperator, compose_file_pipeline
 from transfuse_monai.data.checks import check_picture
 from transfuse_monai.data.formats import IMAGE_EXTENSIONS, file_stem
 
+# run as a script this module is "app" or "__main__", so it is named after its application
 logger = logging.getLogger("transfuse_deploy.seg2d")
 
 
