@@ -249,6 +249,8 @@ def test_every_file_is_decoded_up_front_naming_the_file(tmp_path):
     truncated.write_bytes(good.read_bytes()[:-40])
     with pytest.raises(ValueError, match=f"{truncated}: its pixel data cannot be decoded"):
         read_dicom(truncated)
+    header = read_dicom(good, keep_pixels=False)  # decoded, then only the header kept (a whole study is read)
+    assert "PixelData" not in header and group_series([(good, header)])[0].uid == str(ds.SeriesInstanceUID)
     not_dicom = tmp_path / "notes.dcm"
     not_dicom.write_text("hello")
     with pytest.raises(ValueError, match=f"{not_dicom} is not a readable DICOM file"):

@@ -84,16 +84,16 @@ def run_app(app_cls: type, prepare: Callable[[Invocation], Any], argv: Sequence[
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, rest = _parse(argv, Path(argv[0]).name)
     try:
-        input_path = Path(args.input).absolute()
+        input_path, output_folder = Path(args.input).absolute(), Path(args.output).absolute()
         if not input_path.exists():
             raise FileNotFoundError(f"input path {input_path} does not exist")
         model_path = resolve_model(args.model)
         bundle = BundleIO(model_path)
         bundle.check_network()
         invocation = Invocation(
-            input_path=input_path, output_folder=Path(args.output).absolute(), model_path=model_path.absolute(),
+            input_path=input_path, output_folder=output_folder, model_path=model_path.absolute(),
             bundle=bundle, overwrite=args.overwrite,
-            sdk_argv=[argv[0], "-i", str(input_path), "-o", str(Path(args.output).absolute()), "-m",
+            sdk_argv=[argv[0], "-i", str(input_path), "-o", str(output_folder), "-m",
                       str(model_path.absolute()), *rest],
         )
         plan = prepare(invocation)

@@ -99,9 +99,11 @@ def decoder_problem(ds: Any) -> str | None:
     return f"no decoder installed for its transfer syntax {uid.name} ({uid}): install {options}"
 
 
-def read_dicom(path: str | os.PathLike, decode: bool = True) -> Any:
+def read_dicom(path: str | os.PathLike, decode: bool = True, keep_pixels: bool = True) -> Any:
     """Read one DICOM file with pydicom and, with ``decode``, decode its pixels once (``pixel_array``), so that every
-    problem is reported here, naming the file. Returns the dataset (pixels decoded), or None for a ``DICOMDIR``.
+    problem is reported here, naming the file. Returns the dataset (pixels decoded; with ``keep_pixels=False`` the
+    header alone, what a study's series selection needs, without holding every slice in memory), or None for a
+    ``DICOMDIR``.
 
     Raises:
         ValueError: not a DICOM file, truncated, or pixels that cannot be decoded (the reason and, for a compressed
@@ -123,6 +125,8 @@ def read_dicom(path: str | os.PathLike, decode: bool = True) -> Any:
             ds.pixel_array  # noqa: B018 - decoded once here, cached by pydicom
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data, wrong lengths, codec errors
             raise ValueError(f"{path}: its pixel data cannot be decoded ({type(err).__name__}: {err})") from err
+    if not keep_pixels and "PixelData" in ds:
+        del ds.PixelData  # pydicom drops the decoded array with it
     return ds
 
 

@@ -147,11 +147,12 @@ def _spacing_problem(datasets: Sequence[Any]) -> str | None:
 
 
 def group_series(datasets: Iterable[tuple[Path, Any]]) -> list[SeriesInfo]:
-    """The image series of ``(file, dataset)`` pairs, grouped by ``SeriesInstanceUID`` (datasets without pixel data,
-    e.g. structured reports, left out), in series-number order."""
+    """The image series of ``(file, dataset)`` pairs, grouped by ``SeriesInstanceUID`` (datasets that are no image,
+    without ``Rows``, e.g. structured reports, left out; the pixels themselves are not needed), in series-number
+    order."""
     groups: dict[str, list[tuple[Path, Any]]] = {}
     for path, ds in datasets:
-        if ds is None or "PixelData" not in ds or "SeriesInstanceUID" not in ds:
+        if ds is None or "Rows" not in ds or "SeriesInstanceUID" not in ds:
             continue
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     series = [SeriesInfo.from_datasets([d for _, d in items], [p for p, _ in items]) for items in groups.values()]

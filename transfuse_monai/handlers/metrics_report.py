@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import itertools
 import logging
 import math
 import os
@@ -22,52 +21,11 @@ import torch
 from monai.utils import CommonKeys as Keys
 
 from transfuse_monai.utils import atomic_path, atomic_write_json, atomic_write_text
+from transfuse_monai.utils.distributed import gather_per_rank, interleave_ranks, is_main_process
 
 __all__ = ["SegmentationMetricsReport", "format_table", "format_class_table", "split_class_metrics"]
 
 logger = logging.getLogger(__name__)
-
-
-def _world() -> tuple[int, int]:
-    """``(rank, world size)`` of the default process group, ``(0, 1)`` outside a distributed run.
-
-    Read from :mod:`torch.distributed` itself: :mod:`ignite.distributed` re-synchronises with a process group created
-    outside it (``torchrun`` + ``init_process_group``) on every ``get_rank()`` call, which is itself a collective
-    operation that would have to run on every rank alike.
-    """
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _is_main_process() -> bool:
-    """True outside a distributed run and on its rank 0, the one process that writes files and prints tables."""
-    return _world()[0] == 0
-
-
-def _gather_per_rank(items: Sequence[Any]) -> list[list[Any]]:
-    """The ``items`` (picklable objects) of every rank of a distributed run, one list per rank; ``[list(items)]``
-    outside one.
-
-    A collective operation (:func:`torch.distributed.all_gather_object`; on NCCL through the current CUDA device, set
-    by the bundles' ``initialize``): in a distributed run every rank must call it the same number of times, in the
-    same order.
-    """
-    world_size = _world()[1]
-    if world_size <= 1:
-        return [list(items)]
-    per_rank: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(per_rank, list(items))
-    return [list(part) for part in per_rank]
-
-
-def _interleave_ranks(per_rank: Sequence[Sequence[Any]]) -> list[Any]:
-    """Merge per-rank lists in the order of a non-shuffled :class:`~monai.data.DistributedSampler`, which gives rank
-    ``r`` the dataset items ``r, r + world_size, ...``: rank 0's first item, rank 1's first, ..., rank 0's second,
-    and so on. With ``even_divisible=False`` this is the dataset order, each item once."""
-    missing = object()
-    return [x for group in itertools.zip_longest(*per_rank, fillvalue=missing) for x in group if x is not missing]
 
 
 def _name_of(batch_item: Mapping, output_item: Mapping, name_key: str, image_key: str) -> str:
@@ -340,9 +298,9 @@ class SegmentationMetricsReport:
         return summary
 
     def epoch_completed(self, engine) -> None:
-        self.rows = _interleave_ranks(_gather_per_rank(self.rows))
+        self.rows = interleave_ranks(gather_per_rank(self.rows))
         if not self.rows:
-            if _is_main_process():
+            if is_main_process():
                 logger.warning("SegmentationMetricsReport: no images were evaluated.")
             return
         self.summary = self._summarize()
@@ -350,7 +308,7 @@ class SegmentationMetricsReport:
         for group, values in self.summary.items():
             for m in metrics:
                 engine.state.metrics[f"{group}/{m}"] = values[m]
-        if not _is_main_process():
+        if not is_main_process():
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.output_dir / f"{self.prefix}per_image.csv") as tmp:

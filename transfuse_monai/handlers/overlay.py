@@ -17,15 +17,10 @@ import torch.nn.functional as F
 
 from monai.utils import CommonKeys as Keys
 
-from transfuse_monai.handlers.metrics_report import (
-    _gather_per_rank,
-    _interleave_ranks,
-    _is_main_process,
-    _name_of,
-    _world,
-)
+from transfuse_monai.handlers.metrics_report import _name_of
 from transfuse_monai.metrics.segmentation import SegmentationMetrics
 from transfuse_monai.utils import atomic_path, atomic_write_json
+from transfuse_monai.utils.distributed import gather_per_rank, interleave_ranks, is_main_process, rank_and_world_size
 
 __all__ = ["OverlayWriter", "OVERLAY_COLORS"]
 
@@ -160,7 +155,7 @@ class OverlayWriter:
         return self.colors[(class_index - 1) % len(self.colors)]  # type: ignore[return-value]
 
     def iteration_completed(self, engine) -> None:
-        rank, world_size = _world()
+        rank, world_size = rank_and_world_size()
         quota = self.max_images if world_size == 1 else math.ceil(self.max_images / world_size)
         drawn = len(self.written) + len(self._pending)
         if drawn >= quota:
@@ -187,11 +182,11 @@ class OverlayWriter:
 
     def epoch_completed(self, engine=None) -> None:
         """Distributed run: gather the overlays every rank drew and write the first ``max_images`` on rank 0."""
-        if _world()[1] == 1:
+        if rank_and_world_size()[1] == 1:
             return
-        drawn = _interleave_ranks(_gather_per_rank(self._pending))[: self.max_images]
+        drawn = interleave_ranks(gather_per_rank(self._pending))[: self.max_images]
         self._pending = []
-        if _is_main_process():
+        if is_main_process():
             for name, slice_index, png in drawn:
                 self.written.append(self._store(name, slice_index, png))
 

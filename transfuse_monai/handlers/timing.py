@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfuse_monai.handlers.metrics_report import _gather_per_rank, _interleave_ranks, _is_main_process, _name_of
+from transfuse_monai.handlers.metrics_report import _name_of
 from transfuse_monai.utils import atomic_path, atomic_write_json
+from transfuse_monai.utils.distributed import gather_per_rank, interleave_ranks, is_main_process
 
 __all__ = ["SecondsPerVolume"]
 
@@ -107,10 +108,10 @@ class SecondsPerVolume:
             self.rows.append({"name": _name_of(b, o, self.name_key, self.image_key), "seconds": elapsed / n})
 
     def write(self, engine=None) -> dict[str, Any]:
-        per_rank = _gather_per_rank(self.rows)
-        self.rows = _interleave_ranks(per_rank)
+        per_rank = gather_per_rank(self.rows)
+        self.rows = interleave_ranks(per_rank)
         if not self.rows:
-            if _is_main_process():
+            if is_main_process():
                 logger.warning("SecondsPerVolume: no volume was timed.")
             return {}
         seconds = np.asarray([r["seconds"] for r in self.rows], dtype=np.float64)
@@ -130,7 +131,7 @@ class SecondsPerVolume:
             self.summary["parameters"] = int(sum(p.numel() for p in module.parameters()))
         if engine is not None and hasattr(engine, "state"):
             engine.state.metrics["seconds_per_volume"] = self.summary["seconds_per_volume"]
-        if not _is_main_process():
+        if not is_main_process():
             return self.summary
         with atomic_path(self.output_dir / f"{self.prefix}per_volume.csv") as tmp:
             with open(tmp, "w", newline="") as f:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines import Evaluator
 from monai.handlers import ValidationHandler
 
 from transfuse_monai.handlers.exception_hooks import add_exception_hook
+from transfuse_monai.utils.distributed import rank_and_world_size
 
 __all__ = ["FinalValidationHandler"]
 
@@ -123,7 +123,7 @@ class FinalValidationHandler(ValidationHandler):
         if self._epochs_completed == 0:
             self.logger.info(f"No final validation: training was interrupted at {where}, before its first epoch ended.")
             return
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if rank_and_world_size()[1] > 1:
             self.logger.warning(
                 f"No final validation: a distributed training was interrupted at {where} ({self._last_validation()});"
                 " its ranks may have stopped at different points. Its last state is in checkpoint_last.pt: resume "

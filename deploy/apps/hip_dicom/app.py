@@ -37,7 +37,7 @@ def check_radiograph(path: Path) -> None:
     spacing."""
     from transfuse_monai.tasks.hip import probe_radiograph
 
-    ds = read_dicom(path, decode=False)
+    ds = read_dicom(path)  # read and its pixels decoded once: truncated files and missing decoders are reported here
     if ds is None:
         raise ValueError(f"{path} is a DICOMDIR, not a radiograph")
     modality = str(ds.get("Modality", ""))
@@ -47,7 +47,6 @@ def check_radiograph(path: Path) -> None:
     if int(ds.get("NumberOfFrames", 1) or 1) != 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ValueError(f"{path}: expected one grey frame, found {ds.get('NumberOfFrames', 1)} frame(s) of "
                          f"{ds.get('SamplesPerPixel', 1)} sample(s) per pixel")
-    read_dicom(path)  # the pixels, decoded once: truncated files and missing decoders are reported here
     _, spacing, _ = probe_radiograph(path)
     if spacing is None:
         raise ValueError(f"{path}: no pixel spacing (PixelSpacing or ImagerPixelSpacing): the hip segmentation is "

@@ -93,7 +93,7 @@ def prepare(run: Invocation) -> Plan | None:
     files = find_dicom_files(run.input_path)
     out = check_output_folder(run.output_folder, run.input_path, files)
     logger.info("reading and decoding %d DICOM file(s) under %s", len(files), run.input_path)
-    series = single_study(group_series((f, read_dicom(f)) for f in files), run.input_path)
+    series = single_study(group_series((f, read_dicom(f, keep_pixels=False)) for f in files), run.input_path)
     rules_file = Path(os.environ.get("TRANSFUSE_SERIES_RULES") or RULES_FILE)
     rules = read_rules(rules_file, needed)
     chosen = {name: select_series(series, rules[name], str(rules_file)) for name in needed}
