@@ -75,7 +75,7 @@ def inference_input(task_name: str, data_root: Path, work: Path) -> list[str]:
 
     task = get_task(task_name)
     if task_name == "hip":
-        return ["--input_dir", str(data_root), "--input_split", "test"]
+        return ["--input_dir", str(data_root / "datalist.json"), "--input_split", "test"]
     if task_name == "prostate":
         items = task.datalist(data_root, "test", validate=False)
         listing = work / "to_segment.json"

@@ -39,7 +39,7 @@ def read_dicom_radiograph() -> str:
     from monai.transforms import LoadImage
 
     from transfuse_monai.tasks import get_task
-    from transfuse_monai.tasks.hip import RadiographReader
+    from transfuse_monai.data.readers import RadiographReader
 
     task = get_task("hip")
     with tempfile.TemporaryDirectory() as tmp:

@@ -87,7 +87,7 @@ def output_files(folder: Path) -> list[str]:
 def hip(tmp_path_factory):
     """A small hip bundle export and two DX radiographs of one generated hip: MONOCHROME2 (12 bits, rescale slope 2,
     intercept -1000) and MONOCHROME1 (16 bits), both with ImagerPixelSpacing."""
-    from transfuse_monai.tasks.hip import draw_hip, write_dicom
+    from transfuse_monai.data.synthetic import draw_hip, write_dicom
 
     tmp = tmp_path_factory.mktemp("hip")
     image, _ = draw_hip(np.random.default_rng(3), *IMAGE_HW)
@@ -133,7 +133,7 @@ def test_hip_dicom_app_writes_seg_equal_to_bundle_inference(hip, deploy_python, 
 def test_hip_dicom_app_rejects_bad_input(hip, deploy_python, tmp_path):
     import pydicom
 
-    from transfuse_monai.tasks.hip import draw_hip, write_dicom
+    from transfuse_monai.data.synthetic import draw_hip, write_dicom
 
     image, _ = draw_hip(np.random.default_rng(4), *IMAGE_HW)
     mr = write_dicom(tmp_path / "mr" / "image.dcm", image)
@@ -170,7 +170,7 @@ def _ras_affine(spacing, origin_lps) -> np.ndarray:
 def write_series(folder: Path, volume: np.ndarray, spacing, origin_lps, description: str, study: dict,
                  number: int, **kwargs) -> list[Path]:
     """``volume`` ``(columns, rows, slices)`` as a DICOM series (the prostate task's writer)."""
-    from transfuse_monai.tasks.prostate import write_mr_series
+    from transfuse_monai.data.synthetic import write_mr_series
 
     return write_mr_series(folder, volume, spacing, origin_lps, description, study, number, **kwargs)
 
@@ -417,7 +417,7 @@ def test_hip_dicom_app_reads_a_pacs_export(hip, deploy_python, tmp_path):
 
     import pydicom
 
-    from transfuse_monai.tasks.hip import draw_hip, write_dicom
+    from transfuse_monai.data.synthetic import draw_hip, write_dicom
 
     image, _ = draw_hip(np.random.default_rng(3), *IMAGE_HW)
     pacs = tmp_path / "pacs"
@@ -483,7 +483,7 @@ def test_hip_dicom_app_reads_a_pacs_export(hip, deploy_python, tmp_path):
 
 @pytest.mark.parametrize("case", ["truncated", "not_dicom", "output_inside_input"])
 def test_hip_dicom_app_checks_every_file_first(case, hip, deploy_python, tmp_path):
-    from transfuse_monai.tasks.hip import draw_hip, write_dicom
+    from transfuse_monai.data.synthetic import draw_hip, write_dicom
 
     image, _ = draw_hip(np.random.default_rng(4), *IMAGE_HW)
     folder = tmp_path / "in"
@@ -577,7 +577,7 @@ def test_monai_ckpt_export_of_a_t2_only_network_is_refused_with_the_way_out(depl
 def test_seg2d_app_checks_every_picture_first(case, hip, deploy_python, tmp_path):
     """``seg2d`` (here with the hip bundle, a grey 2D-picture bundle) decodes every picture before the graph and refuses
     two pictures that would write the same mask."""
-    from transfuse_monai.tasks.hip import draw_hip
+    from transfuse_monai.data.synthetic import draw_hip
 
     image, _ = draw_hip(np.random.default_rng(5), *IMAGE_HW)
     folder = tmp_path / "in"

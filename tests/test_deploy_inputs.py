@@ -32,10 +32,10 @@ from transfuse_deploy.inputs import (  # noqa: E402
     check_output_folder,
     decoder_problem,
     find_dicom_files,
-    is_dicom_file,
     pending,
     read_dicom,
 )
+from transfuse_monai.data.readers import is_dicom_file  # noqa: E402
 from transfuse_deploy.series import (  # noqa: E402
     SelectionRule,
     SeriesSelectionError,

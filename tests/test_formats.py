@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from transfuse_monai.data.formats import KNOWN_EXTENSIONS, NIFTI_EXTENSIONS, file_stem
-from transfuse_monai.tasks.hip import RADIOGRAPH_EXTENSIONS
+from transfuse_monai.data.readers import RADIOGRAPH_EXTENSIONS
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from transfuse_monai.tasks import get_task
-from transfuse_monai.tasks.hip import read_radiograph
+from transfuse_monai.data import read_radiograph
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hip"

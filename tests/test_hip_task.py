@@ -20,18 +20,12 @@ from PIL import Image
 
 from monai.transforms import EnsureChannelFirstd, LoadImaged
 
+from transfuse_monai.data import RadiographReader, read_radiograph, write_split_datalist
+from transfuse_monai.data.__main__ import main
+from transfuse_monai.data.formats import KNOWN_EXTENSIONS
+from transfuse_monai.data.synthetic import draw_hip, write_dicom
 from transfuse_monai.tasks import HIP_CLASSES, HipTask, get_task
-from transfuse_monai.tasks.hip import (
-    RadiographReader,
-    RadiographSpacingd,
-    RandHorizontalFlipSwapd,
-    draw_hip,
-    main,
-    make_split_datalist,
-    radiograph_datalist,
-    read_radiograph,
-    write_dicom,
-)
+from transfuse_monai.transforms import RadiographSpacingd, RandHorizontalFlipSwapd
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "hip" / "configs"
@@ -251,16 +245,17 @@ def test_split_command_is_seeded_7_1_2(tmp_path):
     names = [e["image"] for k in ("training", "validation", "test") for e in first[k]]
     assert sorted(names) == [f"img/{i:02d}.png" for i in range(20)]
     assert first["training"][0]["label"].startswith("lbl/")
-    again = make_split_datalist(tmp_path / "img", tmp_path / "lbl", tmp_path / "again.json", seed=3, spacing=0.143)
+    again = write_split_datalist(tmp_path / "img", tmp_path / "lbl", tmp_path / "again.json", seed=3,
+                                 extensions=KNOWN_EXTENSIONS, extra={"spacing": [0.143, 0.143]})
     assert again["test"] == first["test"]
-    other = make_split_datalist(tmp_path / "img", tmp_path / "lbl", tmp_path / "other.json", seed=4)
+    other = write_split_datalist(tmp_path / "img", tmp_path / "lbl", tmp_path / "other.json", seed=4)
     assert other["test"] != first["test"] and "spacing" not in other
     assert len(get_task("hip").datalist(tmp_path, "train")) == 14  # the written file is the task's datalist
     (tmp_path / "lbl" / "05.png").unlink()
     with pytest.raises(ValueError, match=r"image without label: '.*05\.png'"):
-        make_split_datalist(tmp_path / "img", tmp_path / "lbl", tmp_path / "x.json")
+        write_split_datalist(tmp_path / "img", tmp_path / "lbl", tmp_path / "x.json")
     proc = subprocess.run(
-        [sys.executable, "-m", "transfuse_monai.tasks.hip", "split", "--images", str(tmp_path / "img"),
+        [sys.executable, "-m", "transfuse_monai.data", "split", "--images", str(tmp_path / "img"),
          "--labels", str(tmp_path / "img"), "--output", str(tmp_path / "cli.json")],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
@@ -270,14 +265,15 @@ def test_split_command_is_seeded_7_1_2(tmp_path):
 
 def test_inference_datalist_from_folder_or_json(tmp_path):
     root = Path(get_task("hip").make_sample(tmp_path / "hip", n_train=2, n_val=1, n_test=3, size=(32, 32)))
-    items = radiograph_datalist(root / "datalist.json")
+    task = get_task("hip")
+    items = task.inference_datalist(root / "datalist.json")
     assert len(items) == 3 and all(Path(i["image"]).is_file() for i in items)
     assert all(i["spacing"] == [0.143, 0.143] for i in items)
-    assert len(radiograph_datalist(root / "images")) == 6
-    first = radiograph_datalist(root / "images")[0]["image"]
-    assert radiograph_datalist(first) == [{"image": first}]  # one radiograph as the input
+    assert len(task.inference_datalist(root / "images")) == 6
+    first = task.inference_datalist(root / "images")[0]["image"]
+    assert task.inference_datalist(first) == [{"image": first}]  # one radiograph as the input
     with pytest.raises(FileNotFoundError, match="inference input not found"):
-        radiograph_datalist(tmp_path / "nothing")
+        task.inference_datalist(tmp_path / "nothing")
 
 
 # ------------------------------------------------------------------ distances through the bundle's evaluation code

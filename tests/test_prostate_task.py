@@ -16,7 +16,9 @@ import torch
 from transfuse_monai.tasks import NUM_FOLDS, ProstateTask, get_task
 from transfuse_monai.data import AtomicNibabelWriter
 from transfuse_monai.handlers import SecondsPerVolume
-from transfuse_monai.tasks.prostate import PAPER_TABLE4, SelectModalitiesd, aggregate_folds
+from transfuse_monai.handlers import aggregate_folds
+from transfuse_monai.tasks.prostate import PAPER_TABLE4
+from transfuse_monai.transforms import SelectModalitiesd
 from transfuse_monai.transforms import RandClassSlicesd
 
 SIZE = (40, 48, 6)
@@ -348,7 +350,7 @@ def _fold_dir(path: Path, pz: float, tz: float, seconds: float | None) -> Path:
 def test_fold_table(tmp_path):
     dirs = [_fold_dir(tmp_path / f"fold{k}", pz, tz, s)
             for k, (pz, tz, s) in enumerate([(0.6, 0.8, 0.2), (0.7, 0.9, 0.3), (0.8, 0.85, None)])]
-    result = aggregate_folds(dirs, tmp_path)
+    result = aggregate_folds(dirs, tmp_path, reference=PAPER_TABLE4)
     assert list(result["folds"]) == ["fold0", "fold1", "fold2"]
     assert result["mean"]["dice_PZ"] == pytest.approx(0.7) and result["std"]["dice_PZ"] == pytest.approx(0.1)
     assert result["mean"]["dice"] == pytest.approx(np.mean([0.7, 0.8, 0.825]))

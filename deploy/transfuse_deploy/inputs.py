@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from transfuse_monai.data.formats import DICOM_EXTENSIONS
+from transfuse_monai.data.readers import is_dicom_file
 
 __all__ = [
     "check_nifti",
     "check_output_folder",
     "decoder_problem",
     "find_dicom_files",
-    "is_dicom_file",
     "pending",
     "read_dicom",
 ]
@@ -36,23 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: Media Storage Directory Storage: a DICOMDIR, the index of a DICOM CD (its files are found by the folder walk).
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-_PREAMBLE_END, _MAGIC = 128, b"DICM"
-
-
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a DICOM file by name (``DICOM_EXTENSIONS`` of :mod:`transfuse_monai.data.formats`) or by its
-    Part 10 preamble (``DICM`` at byte 128), the way PACS and CD exports store files without an extension."""
-    path = Path(path)
-    if path.name.lower().endswith(DICOM_EXTENSIONS):
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_PREAMBLE_END + len(_MAGIC))
-    except OSError:
-        return False
-    return head[_PREAMBLE_END:] == _MAGIC
-
-
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 

@@ -222,7 +222,7 @@ class RadiographSegWriterOperator(Operator):
         import pydicom
 
         from transfuse_deploy.seg import build_segmentation
-        from transfuse_monai.tasks.hip import read_radiograph
+        from transfuse_monai.data.readers import read_radiograph
 
         mask, source = _mask_2d(op_input.receive(self.input_name), self.loader, len(self.class_names))
         seg_path, preview_path = _target(self.targets, source)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .checks import check_picture
-from .formats import IMAGE_EXTENSIONS
+from .formats import IMAGE_EXTENSIONS, file_stem
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -28,6 +28,11 @@ __all__ = [
     "split_datalist",
     "grouped_datalist",
     "image_datalist",
+    "read_json_datalist",
+    "decathlon_items",
+    "assign_folds",
+    "pair_by_stem",
+    "write_split_datalist",
 ]
 
 PathLike = str | os.PathLike
@@ -360,3 +365,148 @@ def image_datalist(
     if missing:
         raise FileNotFoundError(f"{len(missing)} input image(s) do not exist: {', '.join(missing[:5])}")
     return datalist
+
+
+# --------------------------------------------------------------------------- MONAI's decathlon convention
+
+
+def read_json_datalist(path: PathLike) -> dict:
+    """The JSON object of a datalist file, with an error naming the file when it is missing, unreadable or not an
+    object (MONAI's decathlon convention: ``{"training": [...], "validation": [...], "test": [...], ...}``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, or not a JSON object.
+    """
+    path = _as_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist file not found: '{path}'")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"datalist '{path}' is not valid JSON: {type(err).__name__}: {err}") from err
+    if not isinstance(content, dict):
+        raise ValueError(f"datalist '{path}' must hold a JSON object of lists ('training', 'validation', 'test', ...).")
+    return content
+
+
+def decathlon_items(json_file: PathLike, key: str, base_dir: PathLike | None = None) -> list[dict]:
+    """The items of list ``key`` of a decathlon-convention datalist, read by MONAI's
+    :func:`~monai.data.load_decathlon_datalist`: ``image`` / ``label`` paths made absolute (relative to ``base_dir``,
+    default the file's folder), other keys kept, and a ``name`` (the image's file stem) unless the item has one.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a JSON object, or no list ``key`` (the lists it has are named).
+    """
+    from monai.data import load_decathlon_datalist
+
+    json_file = _as_path(json_file)
+    content = read_json_datalist(json_file)
+    if key not in content:
+        lists = sorted(k for k, v in content.items() if isinstance(v, list))
+        raise ValueError(f"datalist '{json_file}' has no '{key}' list (its lists: {lists}).")
+    if not content[key]:
+        return []
+    base = _as_path(base_dir) if base_dir is not None else json_file.parent
+    items = load_decathlon_datalist(json_file, is_segmentation=True, data_list_key=key, base_dir=base)
+    out = []
+    for d in items:
+        item = {k: (str(_as_path(v)) if k in ("image", "label") else v) for k, v in d.items()}
+        item.setdefault("name", file_stem(item["image"]))
+        out.append(item)
+    return out
+
+
+def assign_folds(names: Sequence[str], num_folds: int, seed: int = 0) -> dict[str, int]:
+    """Cross-validation folds: ``names`` sorted, shuffled with ``seed`` and dealt into ``num_folds`` parts of sizes
+    differing by at most one (MONAI's :func:`~monai.data.partition_dataset`); returns ``name -> fold``. The folds
+    depend on the names only, not on their order, so every run and every machine gets the same ones."""
+    from monai.data import partition_dataset
+
+    parts = partition_dataset(sorted(names), num_partitions=num_folds, shuffle=True, seed=seed, even_divisible=False)
+    return {name: k for k, part in enumerate(parts) for name in part}
+
+
+def pair_by_stem(
+    images_dir: PathLike, labels_dir: PathLike, extensions: Sequence[str]
+) -> list[tuple[Path, Path]]:
+    """Image / label pairs of two folders, paired by file name without extension (``0001.dcm`` with ``0001.png``).
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: images without a label or labels without an image (all named), or no pair.
+    """
+    images_dir, labels_dir = _as_path(images_dir), _as_path(labels_dir)
+    _require_dir(images_dir, "images")
+    _require_dir(labels_dir, "labels")
+
+    def scan(folder: Path) -> dict[str, Path]:
+        return {
+            file_stem(p): p for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(tuple(extensions))
+        }
+
+    images, labels = scan(images_dir), scan(labels_dir)
+    problems = [f"image without label: '{images[s]}'" for s in sorted(set(images) - set(labels))]
+    problems += [f"label without image: '{labels[s]}'" for s in sorted(set(labels) - set(images))]
+    if problems:
+        raise ValueError("cannot pair images and labels:\n" + "\n".join(f"  - {p}" for p in problems))
+    if not images:
+        raise ValueError(f"no image ({', '.join(extensions)}) found in '{images_dir}'.")
+    return [(images[s], labels[s]) for s in sorted(images)]
+
+
+def write_split_datalist(
+    images_dir: PathLike,
+    labels_dir: PathLike,
+    output: PathLike,
+    seed: int = 0,
+    ratios: Sequence[float] = (7, 1, 2),
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    extra: Mapping | None = None,
+) -> dict:
+    """Write a random train / validation / test split of image / label pairs as a decathlon-convention datalist
+    JSON (``training``, ``validation``, ``test``), paths relative to the JSON file's folder (the dataset folder).
+
+    Pairs come from :func:`pair_by_stem`; the shuffle is MONAI's :func:`~monai.data.partition_dataset` with ``seed``,
+    so the split is reproducible.
+
+    Args:
+        images_dir: folder of images.
+        labels_dir: folder of label maps.
+        output: the JSON file to write (atomically).
+        seed: seed of the shuffle.
+        ratios: relative sizes of the training, validation and test parts (the paper's hip split is 7:1:2).
+        extensions: the file endings taken from the folders.
+        extra: file-level entries written beside the lists (e.g. a default ``spacing``).
+
+    Returns:
+        The datalist written.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: unpaired files, no pair, or bad ratios.
+    """
+    from monai.data import partition_dataset
+
+    from transfuse_monai.utils import atomic_write_json
+
+    if len(ratios) != 3 or any(float(r) < 0 for r in ratios) or sum(float(r) for r in ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers (train, validation, test), got {list(ratios)}.")
+    output = Path(output).absolute()
+    base = output.parent
+    items = [
+        {"image": os.path.relpath(image, base), "label": os.path.relpath(label, base)}
+        for image, label in pair_by_stem(images_dir, labels_dir, extensions)
+    ]
+    parts = partition_dataset(items, ratios=[float(r) for r in ratios], shuffle=True, seed=int(seed))
+    content: dict = {
+        "description": f"random {':'.join(f'{r:g}' for r in ratios)} split, seed {seed}",
+        **dict(extra or {}),
+        "training": parts[0],
+        "validation": parts[1],
+        "test": parts[2],
+    }
+    atomic_write_json(output, content)
+    return content

@@ -1,6 +1,7 @@
 """Ignite/MONAI handlers of transfuse-monai."""
 
 from transfuse_monai.handlers.checkpoint import AtomicCheckpointSaver, ResumableCheckpoint
+from transfuse_monai.handlers.cross_validation import aggregate_folds
 from transfuse_monai.handlers.exception_hooks import add_exception_hook
 from transfuse_monai.handlers.gradient_clipping import GradientClipping
 from transfuse_monai.handlers.metrics_report import (
@@ -27,6 +28,7 @@ __all__ = [
     "SegmentationMetricsReport",
     "StopOnNonFiniteLoss",
     "add_exception_hook",
+    "aggregate_folds",
     "format_class_table",
     "format_table",
     "split_class_metrics",

@@ -7,7 +7,8 @@ module of :mod:`transfuse_monai.tasks`, registered with :func:`register_task`. I
 value of each), its activation and input channels as class attributes (configuration as data), and implements three
 methods: :meth:`~SegmentationTask.is_dataset` (does a folder hold this dataset's layout?),
 :meth:`~SegmentationTask.datalist` (the validated datalist of one split) and :meth:`~SegmentationTask.make_sample`
-(a small generated dataset in the same layout, for demos and tests). Everything generic (pairing images with masks,
+(a small generated dataset in the same layout, for demos and tests); :meth:`~SegmentationTask.inference_datalist`
+(the images to segment from a folder, a file or a JSON list) has a default for 2D pictures. Everything generic (pairing images with masks,
 validation, splits, demo fallback, atomic writing) lives in shared helpers that the task modules call.
 
 Bundles reach their task through one config id::
@@ -71,6 +72,7 @@ class SegmentationTask:
             generates when no dataset is found.
         output_ext: extension of the files the bundle's inference writes (``".png"``, ``".nii.gz"``), used to find
             the inputs whose output already exists (:class:`~transfuse_monai.data.InferenceInputs`).
+        exclude_suffixes: file stems ending so in an image folder are not images (ISIC's ``_superpixels`` maps).
     """
 
     name: ClassVar[str] = ""
@@ -85,6 +87,7 @@ class SegmentationTask:
     distance_unit: ClassVar[str] = "mm"
     demo_sample: ClassVar[dict] = {}
     output_ext: ClassVar[str] = ".png"
+    exclude_suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -149,6 +152,19 @@ class SegmentationTask:
     def make_sample(self, root: str | os.PathLike, *, seed: int = 0, **kwargs) -> str:
         """Write a small generated dataset in this task's layout to ``root``; returns ``str(root)``."""
         raise NotImplementedError
+
+    def inference_datalist(self, source: str | os.PathLike | Sequence) -> list[dict]:
+        """The items ``[{"image": path}, ...]`` to segment from ``source``: a folder of images, one image, a JSON
+        datalist or a list (:func:`~transfuse_monai.data.image_datalist`; a folder's files whose stem ends with one
+        of :attr:`exclude_suffixes` are skipped). Tasks reading other formats override it.
+
+        Raises:
+            FileNotFoundError: ``source`` or a listed image does not exist.
+            ValueError: no image found.
+        """
+        from transfuse_monai.data.datalists import image_datalist
+
+        return image_datalist(source, exclude_suffixes=self.exclude_suffixes)
 
     def input_problems(self, path: str | os.PathLike) -> list[str]:
         """Why the inference input ``path`` cannot be segmented (an empty list when it can), from one read of the

@@ -15,43 +15,30 @@ Three classes with a softmax output; the 2D TransFuse sees axial slices of the v
 (:meth:`ProstateTask.folds`); ``modalities`` selects the input channels (``[0]``: T2 only, where a 3D image counts as
 channel 0).
 
-Besides the task, this module holds the few pieces the prostate bundle needs that are specific to it: the channel
-selection (:class:`SelectModalitiesd`), class-balanced 2D slices of a volume (:class:`RandClassSlicesd`), an atomic
-NIfTI writer (:class:`AtomicNibabelWriter`), the seconds-per-volume handler (:class:`SecondsPerVolume`) and the
-cross-validation table (:func:`aggregate_folds`, the paper's Table 4 layout).
+The bundle's mechanisms live in their layers: the channel selection
+(:class:`~transfuse_monai.transforms.SelectModalitiesd`), class-balanced 2D slices of a volume
+(:class:`~transfuse_monai.transforms.RandClassSlicesd`), the seconds-per-volume handler
+(:class:`~transfuse_monai.handlers.SecondsPerVolume`) and the cross-validation table in the paper's Table 4 layout
+(:func:`~transfuse_monai.handlers.aggregate_folds`, with :data:`PAPER_TABLE4` as its reference rows).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-
+from transfuse_monai.data.datalists import assign_folds, decathlon_items, read_json_datalist
 from transfuse_monai.data.formats import NIFTI_EXTENSIONS, file_stem
+from transfuse_monai.data.synthetic import draw_prostate
 from transfuse_monai.tasks.base import SegmentationTask, register_task
-from transfuse_monai.utils import atomic_write_json, atomic_write_text
+from transfuse_monai.utils import atomic_write_json
 
-__all__ = [
-    "MSD_TASK",
-    "NUM_FOLDS",
-    "PAPER_TABLE4",
-    "ProstateTask",
-    "SelectModalitiesd",
-    "class_output",
-    "aggregate_folds",
-    "write_mr_series",
-]
+__all__ = ["MSD_TASK", "NUM_FOLDS", "PAPER_TABLE4", "ProstateTask"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,24 +170,15 @@ class ProstateTask(SegmentationTask):
                 )
             if validate:
                 self.check_datalist(items, labelled=True, context=f"Invalid prostate dataset '{root_path}'")
-            folds = self._assign_folds([d["name"] for d in items])
+            folds = assign_folds([d["name"] for d in items], NUM_FOLDS, self.fold_seed)
             self._checked[key] = [{**d, "fold": folds[d["name"]]} for d in items]
         return [dict(d) for d in self._checked[key]]
 
     def folds(self, root: str | os.PathLike) -> list[list[str]]:
         """Case names of each fold, ``folds(root)[k]`` being the validation cases of fold ``k`` (sorted)."""
         names = [d["name"] for d in self._load_list(_as_path(root), "training")]
-        assignment = self._assign_folds(names)
+        assignment = assign_folds(names, NUM_FOLDS, self.fold_seed)
         return [sorted(n for n, k in assignment.items() if k == fold) for fold in range(NUM_FOLDS)]
-
-    def _assign_folds(self, names: Sequence[str]) -> dict[str, int]:
-        from monai.data import partition_dataset
-
-        ordered = sorted(names)
-        parts = partition_dataset(
-            ordered, num_partitions=NUM_FOLDS, shuffle=True, seed=self.fold_seed, even_divisible=False
-        )
-        return {name: k for k, part in enumerate(parts) for name in part}
 
     @staticmethod
     def check_fold(fold: int | str | None) -> int | str:
@@ -275,7 +253,7 @@ class ProstateTask(SegmentationTask):
             elif path.is_file() and path.name.lower().endswith(NIFTI_EXTENSIONS):  # one volume
                 items = [{"image": str(path), "name": file_stem(path)}]
             elif path.is_file():
-                content = self._read_json(path)
+                content = read_json_datalist(path)
                 key = next((k for k in ("test", "testing", "validation", "training") if k in content), None)
                 if key is None:
                     raise ValueError(f"Datalist '{path}' has none of the lists 'test', 'testing', 'validation', "
@@ -297,35 +275,14 @@ class ProstateTask(SegmentationTask):
     # ------------------------------------------------------------------------------------------ checks
 
     @staticmethod
-    def _read_json(path: Path) -> dict:
-        try:
-            content = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"Cannot read '{path}': {type(err).__name__}: {err}") from err
-        if not isinstance(content, dict):
-            raise ValueError(f"'{path}' must hold a JSON object (MSD dataset.json layout).")
-        return content
-
-    def _load_list(self, root: Path, key: str, json_file: Path | None = None) -> list[dict]:
-        from monai.data import load_decathlon_datalist
-
+    def _load_list(root: Path, key: str, json_file: Path | None = None) -> list[dict]:
+        """The items of list ``key`` of ``dataset.json`` (or ``json_file``), absolute paths, sorted by name."""
         json_file = json_file or root / "dataset.json"
         if not json_file.is_file():
             raise FileNotFoundError(f"No dataset.json in '{root}': not an MSD-layout prostate dataset.")
-        content = self._read_json(json_file)
-        if key not in content:
-            if key == "test":
-                raise ValueError(f"'{json_file}' has no 'test' list (imagesTs): there are no test images to use.")
-            raise ValueError(f"'{json_file}' has no '{key}' list.")
-        if not content[key]:
-            return []
-        items = load_decathlon_datalist(json_file, is_segmentation=True, data_list_key=key, base_dir=root)
-        out = []
-        for d in items:
-            item = {k: (str(_as_path(v)) if k in ("image", "label") else v) for k, v in d.items()}
-            item["name"] = file_stem(item["image"])
-            out.append(item)
-        return sorted(out, key=lambda d: d["name"])
+        if key == "test" and key not in read_json_datalist(json_file):
+            raise ValueError(f"'{json_file}' has no 'test' list (imagesTs): there are no test images to use.")
+        return sorted(decathlon_items(json_file, key, base_dir=root), key=lambda d: d["name"])
 
     def check_datalist(self, datalist: Sequence[Mapping], labelled: bool = True, context: str = "Invalid datalist"):
         """Check every image (and label) of ``datalist`` from the NIfTI headers, plus the label values.
@@ -457,11 +414,9 @@ class ProstateTask(SegmentationTask):
     ) -> str:
         """Write a generated MSD-layout prostate dataset.
 
-        Each case is a volume of ``size`` voxels (x, y, z) with ``spacing`` mm, stored with an LPS-like affine
-        (``diag(-sx, -sy, sz)``, not RAS, as scanners write them) and a random origin. A body ellipse (non-zero
-        intensities) holds a gland made of two nested ellipsoids: the transition zone (label 2) inside the
-        peripheral zone (label 1), each with its own T2 and ADC brightness plus noise and a random per-case
-        intensity scale, so that a network can learn the zones. The first and last slices hold no gland.
+        Each case is a volume of ``size`` voxels (x, y, z) with ``spacing`` mm drawn by
+        :func:`~transfuse_monai.data.synthetic.draw_prostate` (peripheral and transition zones in a body ellipse,
+        an LPS-like affine with a random origin, as scanners write them).
 
         Args:
             root: output folder (created if needed).
@@ -488,45 +443,11 @@ class ProstateTask(SegmentationTask):
         root_path = Path(root)
         rng = np.random.default_rng(seed)
         spacing = tuple(float(s) for s in spacing)
-        # intensities (T2, ADC) of body, PZ, TZ: PZ bright on both, TZ darker on ADC
-        levels = {"body": (120.0, 60.0), "pz": (260.0, 150.0), "tz": (170.0, 80.0)}
-
-        def case(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            xx, yy, zz = np.meshgrid(
-                np.arange(sx) * spacing[0], np.arange(sy) * spacing[1], np.arange(sz) * spacing[2], indexing="ij"
-            )
-            cx, cy = sx * spacing[0] / 2 + rng.uniform(-2, 2), sy * spacing[1] / 2 + rng.uniform(-2, 2)
-            cz = (sz - 1) * spacing[2] / 2
-            body = ((xx - cx) / (0.46 * sx * spacing[0])) ** 2 + ((yy - cy) / (0.46 * sy * spacing[1])) ** 2 <= 1
-            ax, ay = rng.uniform(0.25, 0.32) * sx * spacing[0], rng.uniform(0.22, 0.3) * sy * spacing[1]
-            az = max((sz - 2.6) * spacing[2] / 2, spacing[2] * 0.8)
-            gland = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 + ((zz - cz) / az) ** 2 <= 1
-            shift = rng.uniform(0.1, 0.2) * ay  # TZ sits anterior to the PZ's centre
-            tz = ((xx - cx) / (0.6 * ax)) ** 2 + ((yy - cy - shift) / (0.55 * ay)) ** 2 + (
-                (zz - cz) / (0.8 * az)
-            ) ** 2 <= 1
-            label = np.zeros((sx, sy, sz), np.uint8)
-            label[gland] = 1
-            label[tz & gland] = 2
-            scale = rng.uniform(0.8, 1.3)
-            volumes = []
-            for c in range(channels):
-                img = np.zeros((sx, sy, sz), np.float32)
-                img[body] = levels["body"][c]
-                img[label == 1] = levels["pz"][c]
-                img[label == 2] = levels["tz"][c]
-                img = (img + body * rng.normal(0.0, 10.0, img.shape)) * scale
-                volumes.append(np.clip(img, 0, None).astype(np.float32))
-            image = np.stack(volumes, axis=-1) if channels == 2 else volumes[0]
-            affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
-            affine[:3, 3] = rng.uniform(-40, 40, size=3)
-            return image, label, affine
-
         for folder in ("imagesTr", "labelsTr") + (("imagesTs",) if n_test else ()):
             (root_path / folder).mkdir(parents=True, exist_ok=True)
         training, test = [], []
         for i in range(n_train + n_test):
-            image, label, affine = case(i)
+            image, label, affine = draw_prostate(rng, (sx, sy, sz), spacing, channels)
             name = f"prostate_{i:02d}.nii.gz"
             if i < n_train:
                 nib.save(nib.Nifti1Image(image, affine), root_path / "imagesTr" / name)
@@ -547,241 +468,3 @@ class ProstateTask(SegmentationTask):
             "test": test,
         })
         return str(root_path)
-
-
-# ------------------------------------------------------------------------------------------------------ transforms
-
-
-class SelectModalitiesd(MapTransform):
-    """Keep the input channels ``modalities`` of channel-first volumes (after ``EnsureChannelFirstd``).
-
-    A single-channel image (a 3D NIfTI) counts as channel 0, so ``modalities=[0]`` accepts 3D T2 volumes as well as
-    4D T2 + ADC ones. The geometry is unchanged (nothing to invert).
-
-    Args:
-        keys: keys of the images.
-        modalities: indices of the channels to keep, in order.
-        allow_missing_keys: don't raise for missing keys.
-
-    Raises:
-        ValueError: empty or negative ``modalities``; when called, an image with too few channels (naming the file).
-    """
-
-    def __init__(self, keys: KeysCollection, modalities: Sequence[int], allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if isinstance(modalities, (int, str)) or len(modalities) == 0 or any(int(m) < 0 for m in modalities):
-            raise ValueError(f"modalities must be a non-empty list of channel indices, got {modalities!r}.")
-        self.modalities = [int(m) for m in modalities]
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            if img.shape[0] <= max(self.modalities):
-                meta = getattr(img, "meta", None) or {}
-                source = meta.get("filename_or_obj", "")
-                what = "a 3D image (1 channel)" if img.shape[0] == 1 else f"{img.shape[0]} channels"
-                raise ValueError(
-                    f"'{key}'{f' ({source})' if source else ''} has {what}, but modalities {self.modalities} need "
-                    f"{max(self.modalities) + 1}; pass modalities [0] for T2-only data."
-                )
-            if self.modalities != list(range(img.shape[0])):
-                d[key] = img[self.modalities]
-        return d
-
-
-# ------------------------------------------------------------------------------------------------------ writing
-
-
-# ------------------------------------------------------------------------------------------------------ handlers
-
-
-def write_mr_series(
-    folder: str | os.PathLike,
-    volume: np.ndarray,
-    spacing: Sequence[float],
-    origin_lps: Sequence[float],
-    description: str,
-    study: dict,
-    number: int,
-    modality: str = "MR",
-    pixel_spacing: bool = True,
-    plane: str = "axial",
-) -> list[Path]:
-    """Write ``volume`` ``(columns, rows, slices)`` (integers) as a DICOM series, one file per slice, as a scanner
-    exports it (for samples, tests and the Deploy benchmark): axial, or sagittal (rows along the patient's feet,
-    columns along posterior, slices along left).
-
-    Args:
-        folder: where the files go (``s<number>_<slice>.dcm``).
-        volume: stored values, ``(columns, rows, slices)``.
-        spacing: voxel size in mm along the three axes of ``volume``.
-        origin_lps: position (LPS, mm) of the first voxel of the first slice.
-        description: ``SeriesDescription``.
-        study: ``{"uid": StudyInstanceUID, "frame_of_reference": FrameOfReferenceUID}`` shared by the study's series.
-        number: ``SeriesNumber``.
-        modality: ``Modality`` (``MR``; ``CT`` writes CT Image Storage).
-        pixel_spacing: write ``PixelSpacing`` (False: a series without it, to test the checks).
-        plane: ``"axial"`` or ``"sagittal"``.
-
-    Returns:
-        The files, in slice order.
-    """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    sop_class = "1.2.840.10008.5.1.4.1.1.4" if modality == "MR" else "1.2.840.10008.5.1.4.1.1.2"
-    series_uid, files = generate_uid(), []
-    for k in range(volume.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Synthetic^Prostate", "P1", "", "M"
-        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study["uid"], "20260101", "120000", "1"
-        ds.ReferringPhysicianName, ds.AccessionNumber, ds.StudyDescription = "", "", "Prostate MRI"
-        ds.FrameOfReferenceUID = study["frame_of_reference"]
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, number, description
-        ds.Modality, ds.InstanceNumber, ds.ImageType = modality, k + 1, ["ORIGINAL", "PRIMARY", plane.upper()]
-        if plane == "axial":
-            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-            ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]),
-                                       float(origin_lps[2] + k * spacing[2])]
-        elif plane == "sagittal":
-            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
-            ds.ImagePositionPatient = [float(origin_lps[0] + k * spacing[2]), float(origin_lps[1]),
-                                       float(origin_lps[2])]
-        else:
-            raise ValueError(f"plane must be 'axial' or 'sagittal', got {plane!r}")
-        if pixel_spacing:
-            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # (between rows, between columns)
-        ds.SliceThickness = float(spacing[2])
-        ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[0])
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).astype(np.uint16).tobytes()
-        path = Path(folder) / f"s{number:02d}_{k:03d}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
-        files.append(path)
-    return files
-
-
-def class_output(index: int):
-    """An ignite ``output_transform`` giving ``(preds, labels)`` of one class channel of one-hot decollated outputs,
-    for a per-class ``MeanDice`` (``include_background=True`` on that one channel)."""
-    from monai.handlers import from_engine
-
-    select = from_engine(["pred", "label"])
-
-    def transform(output):
-        preds, labels = select(output)
-        return [p[index : index + 1] for p in preds], [y[index : index + 1] for y in labels]
-
-    return transform
-
-
-
-def _fold_values(eval_dir: Path, report_prefix: str, speed_prefix: str) -> dict[str, float]:
-    report = eval_dir / f"{report_prefix}summary.json"
-    if not report.is_file():
-        raise FileNotFoundError(f"No evaluation summary '{report.name}' in '{eval_dir}': evaluate this fold first.")
-    summary = json.loads(report.read_text())
-    if not summary:
-        raise ValueError(f"'{report}' is empty.")
-    values = summary.get("all images") or list(summary.values())[-1]
-    out = {k: (float("nan") if v is None else float(v)) for k, v in values.items()}
-    speed = eval_dir / f"{speed_prefix}summary.json"
-    if speed.is_file():
-        timing = json.loads(speed.read_text())
-        out["seconds_per_volume"] = float(timing.get("seconds_per_volume", float("nan")))
-        if "parameters" in timing:
-            out["parameters"] = float(timing["parameters"])
-    return out
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return float("nan"), float("nan")
-    return float(np.mean(kept)), float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0
-
-
-def aggregate_folds(
-    eval_dirs: Sequence[str | os.PathLike],
-    output_dir: str | os.PathLike | None = None,
-    metrics: Sequence[str] = ("dice_PZ", "dice_TZ", "dice", "hd95", "asd"),
-    report_prefix: str = "segmentation_",
-    speed_prefix: str = "seconds_",
-    method: str = "TransFuse-S (this bundle)",
-) -> dict[str, Any]:
-    """Cross-validation results in the layout of the paper's Table 4: PZ, TZ and mean Dice as mean +- standard
-    deviation over the folds (sample standard deviation, ``ddof=1``), parameters and seconds per volume, beside the
-    paper's figures (:data:`PAPER_TABLE4`).
-
-    Each folder of ``eval_dirs`` is one fold's evaluation output (``evaluate.json`` with ``--fold k``): the
-    per-class report ``<report_prefix>summary.json`` and the timing ``<speed_prefix>summary.json``.
-
-    Args:
-        eval_dirs: the folds' evaluation folders.
-        output_dir: where to write ``cross_validation.json`` and ``cross_validation.md`` (atomically); None writes
-            nothing.
-        metrics: the summary keys reported per fold and over the folds.
-        report_prefix: prefix of the evaluation report files.
-        speed_prefix: prefix of the timing files.
-        method: name of this model's row.
-
-    Returns:
-        ``{"folds": {dir name: values}, "mean": {...}, "std": {...}, "markdown": table}``.
-
-    Raises:
-        ValueError: no folder given.
-        FileNotFoundError: a folder without an evaluation summary.
-    """
-    if not eval_dirs:
-        raise ValueError("aggregate_folds needs the evaluation folder of at least one fold.")
-    folds = {Path(d).name or str(d): _fold_values(Path(d), report_prefix, speed_prefix) for d in eval_dirs}
-    keys = [*metrics, "seconds_per_volume", "parameters"]
-    mean, std = {}, {}
-    for key in keys:
-        mean[key], std[key] = _mean_std([v.get(key, float("nan")) for v in folds.values()])
-
-    def cell(m: float, s: float | None = None, digits: int = 4) -> str:
-        if math.isnan(m):
-            return "n/a"
-        return f"{m:.{digits}f}" + (f" +- {s:.{digits}f}" if s is not None and not math.isnan(s) else "")
-
-    params = mean["parameters"]
-    rows = [
-        "| method | params (M) | PZ Dice | TZ Dice | mean Dice | HD95 (mm) | ASD (mm) | s / volume |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, ref in PAPER_TABLE4.items():
-        rows.append(
-            f"| {name} | n/a | {cell(ref['dice_PZ'])} | {cell(ref['dice_TZ'])} | {cell(ref['dice'])} | n/a | n/a | "
-            f"{cell(ref['seconds_per_volume'], digits=3)} |"
-        )
-    rows.append(
-        f"| {method}, {len(folds)} fold(s) | {cell(params / 1e6, digits=1) if not math.isnan(params) else 'n/a'} | "
-        + " | ".join(cell(mean.get(k, float("nan")), std.get(k)) for k in ("dice_PZ", "dice_TZ", "dice", "hd95", "asd"))
-        + f" | {cell(mean['seconds_per_volume'], std['seconds_per_volume'], digits=3)} |"
-    )
-    per_fold = ["", "| fold | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-    for name, values in folds.items():
-        per_fold.append(f"| {name} | " + " | ".join(cell(values.get(k, float("nan"))) for k in keys) + " |")
-    markdown = "\n".join(rows + per_fold)
-    result = {"folds": folds, "mean": mean, "std": std, "markdown": markdown}
-    if output_dir is not None:
-        out = Path(output_dir)
-
-        def safe(obj):
-            if isinstance(obj, Mapping):
-                return {k: safe(v) for k, v in obj.items()}
-            return None if isinstance(obj, float) and math.isnan(obj) else obj
-
-        atomic_write_json(out / "cross_validation.json", safe({k: v for k, v in result.items() if k != "markdown"}))
-        atomic_write_text(out / "cross_validation.md", markdown + "\n")
-    return result

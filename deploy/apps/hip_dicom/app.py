@@ -8,7 +8,7 @@ Input: single-frame DICOM DX or CR radiographs (MONOCHROME1 or MONOCHROME2) with
 pixels decoded (compressed transfer syntaxes through pydicom's installed decoders, else refused naming the packages)
 and checked (modality, frames, spacing): a bad input stops the application with a message naming the file, before
 anything is written. Each radiograph is then read with the bundle's own loader
-(``transfuse_monai.tasks.hip.RadiographReader``: modality LUT, VOI LUT, MONOCHROME1 inverted), so the network sees
+(``transfuse_monai.data.RadiographReader``: modality LUT, VOI LUT, MONOCHROME1 inverted), so the network sees
 the pixels of ``monai.bundle run``. Output per radiograph, in the input's sub-folder: ``<name>_seg.dcm``, a DICOM SEG
 referencing the source instance with one segment per class (pelvis, left femur, right femur; SNOMED CT codes, the
 patient's sides), and ``<name>_preview.png``. Outputs that exist are skipped unless ``--overwrite``.
@@ -35,7 +35,7 @@ logger = logging.getLogger("transfuse_deploy.hip_dicom")
 def check_radiograph(path: Path) -> None:
     """Raise a ValueError naming ``path`` unless it is a decodable single-frame grey DX / CR radiograph with a pixel
     spacing."""
-    from transfuse_monai.tasks.hip import probe_radiograph
+    from transfuse_monai.data.readers import probe_radiograph
 
     ds = read_dicom(path)  # read and its pixels decoded once: truncated files and missing decoders are reported here
     if ds is None:
