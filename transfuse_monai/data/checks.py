@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from transfuse_monai.utils import atomic_write_json
+from transfuse_monai.utils import absolute_path, atomic_write_json
 
 __all__ = ["PictureCheck", "check_picture", "mask_value_problem", "InferenceInputs", "REPORT_NAME"]
 
@@ -178,7 +178,7 @@ class InferenceInputs:
         overwrite: bool = False,
         image_key: str = "image",
     ) -> None:
-        self.output_dir = Path(os.path.abspath(os.path.expanduser(os.fspath(output_dir))))
+        self.output_dir = absolute_path(output_dir)
         self.output_ext = str(output_ext)
         self.overwrite = bool(overwrite)
         self.image_key = image_key

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .checks import check_picture
 from .formats import IMAGE_EXTENSIONS, file_stem
+from transfuse_monai.utils.io import absolute_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -41,10 +42,6 @@ PathLike = str | os.PathLike
 
 # --------------------------------------------------------------------------- helpers
 
-
-def _as_path(path: PathLike) -> Path:
-    """Return ``path`` as an absolute, user-expanded :class:`~pathlib.Path` (symlinks are kept)."""
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -219,7 +216,7 @@ def build_image_mask_datalist(
         FileNotFoundError: if either folder does not exist.
         ValueError: if no image is found in ``images_dir`` or any problem is detected.
     """
-    images_path, masks_path = _as_path(images_dir), _as_path(masks_dir)
+    images_path, masks_path = absolute_path(images_dir), absolute_path(masks_dir)
     _require_dir(images_path, "Images")
     _require_dir(masks_path, "Masks")
 
@@ -378,7 +375,7 @@ def read_json_datalist(path: PathLike) -> dict:
         FileNotFoundError: no such file.
         ValueError: not JSON, or not a JSON object.
     """
-    path = _as_path(path)
+    path = absolute_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"datalist file not found: '{path}'")
     try:
@@ -401,18 +398,18 @@ def decathlon_items(json_file: PathLike, key: str, base_dir: PathLike | None = N
     """
     from monai.data import load_decathlon_datalist
 
-    json_file = _as_path(json_file)
+    json_file = absolute_path(json_file)
     content = read_json_datalist(json_file)
     if key not in content:
         lists = sorted(k for k, v in content.items() if isinstance(v, list))
         raise ValueError(f"datalist '{json_file}' has no '{key}' list (its lists: {lists}).")
     if not content[key]:
         return []
-    base = _as_path(base_dir) if base_dir is not None else json_file.parent
+    base = absolute_path(base_dir) if base_dir is not None else json_file.parent
     items = load_decathlon_datalist(json_file, is_segmentation=True, data_list_key=key, base_dir=base)
     out = []
     for d in items:
-        item = {k: (str(_as_path(v)) if k in ("image", "label") else v) for k, v in d.items()}
+        item = {k: (str(absolute_path(v)) if k in ("image", "label") else v) for k, v in d.items()}
         item.setdefault("name", file_stem(item["image"]))
         out.append(item)
     return out
@@ -437,7 +434,7 @@ def pair_by_stem(
         FileNotFoundError: a folder does not exist.
         ValueError: images without a label or labels without an image (all named), or no pair.
     """
-    images_dir, labels_dir = _as_path(images_dir), _as_path(labels_dir)
+    images_dir, labels_dir = absolute_path(images_dir), absolute_path(labels_dir)
     _require_dir(images_dir, "images")
     _require_dir(labels_dir, "labels")
 

@@ -20,22 +20,25 @@ import torch
 
 from monai.utils import CommonKeys as Keys
 
+from transfuse_monai.data.formats import file_stem
 from transfuse_monai.utils import atomic_path, atomic_write_json, atomic_write_text
 from transfuse_monai.utils.distributed import gather_per_rank, interleave_ranks, is_main_process
 
-__all__ = ["SegmentationMetricsReport", "format_table", "format_class_table", "split_class_metrics"]
+__all__ = ["SegmentationMetricsReport", "format_table", "format_class_table", "split_class_metrics", "item_name"]
 
 logger = logging.getLogger(__name__)
 
 
-def _name_of(batch_item: Mapping, output_item: Mapping, name_key: str, image_key: str) -> str:
+def item_name(batch_item: Mapping, output_item: Mapping, name_key: str, image_key: str) -> str:
+    """The name of a decollated item in reports: its ``name_key`` entry, else the stem of its image's source file
+    (:func:`~transfuse_monai.data.formats.file_stem`), else ``"?"``."""
     if name_key in batch_item:
         return str(batch_item[name_key])
     for source in (output_item, batch_item):
         image = source.get(image_key)
         meta = getattr(image, "meta", None)
         if meta and "filename_or_obj" in meta:
-            return Path(str(meta["filename_or_obj"])).stem
+            return file_stem(str(meta["filename_or_obj"]))
     return "?"
 
 
@@ -263,7 +266,7 @@ class SegmentationMetricsReport:
         for b, o in zip(batch, output):
             pred = o[self.pred_key]
             label = o[self.label_key] if self.label_key in o else b[self.label_key]
-            name = _name_of(b, o, self.name_key, self.image_key)
+            name = item_name(b, o, self.name_key, self.image_key)
             spacing = self.spacing_of(b, o, label, pred) if self.takes_spacing else None
             pred = pred.detach().float().cpu() if isinstance(pred, torch.Tensor) else torch.as_tensor(pred).float()
             label = label.detach().cpu() if isinstance(label, torch.Tensor) else torch.as_tensor(label)

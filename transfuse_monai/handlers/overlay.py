@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from monai.utils import CommonKeys as Keys
 
-from transfuse_monai.handlers.metrics_report import _name_of
+from transfuse_monai.handlers.metrics_report import item_name
 from transfuse_monai.metrics.segmentation import SegmentationMetrics
 from transfuse_monai.utils import atomic_path, atomic_write_json
 from transfuse_monai.utils.distributed import gather_per_rank, interleave_ranks, is_main_process, rank_and_world_size
@@ -170,7 +170,7 @@ class OverlayWriter:
             if image is None:
                 raise KeyError(f"OverlayWriter: no '{self.image_key}' in the engine output or the batch.")
             label = o.get(self.label_key, b.get(self.label_key))
-            name = _name_of(b, o, self.name_key, self.image_key)
+            name = item_name(b, o, self.name_key, self.image_key)
             if name == "?":
                 name = f"image_{drawn * world_size + rank:04d}"  # the item's index in the dataset
             if world_size == 1:

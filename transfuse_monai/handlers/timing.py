@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfuse_monai.handlers.metrics_report import _name_of
+from transfuse_monai.handlers.metrics_report import item_name
 from transfuse_monai.utils import atomic_path, atomic_write_json
 from transfuse_monai.utils.distributed import gather_per_rank, interleave_ranks, is_main_process
 
@@ -105,7 +105,7 @@ class SecondsPerVolume:
             batch, output = [batch], [output]
         n = max(len(output), 1)
         for b, o in zip(batch, output):
-            self.rows.append({"name": _name_of(b, o, self.name_key, self.image_key), "seconds": elapsed / n})
+            self.rows.append({"name": item_name(b, o, self.name_key, self.image_key), "seconds": elapsed / n})
 
     def write(self, engine=None) -> dict[str, Any]:
         per_rank = gather_per_rank(self.rows)

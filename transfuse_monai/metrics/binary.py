@@ -28,7 +28,7 @@ import torch
 
 from monai.metrics import compute_confusion_matrix_metric, compute_dice, compute_iou, get_confusion_matrix
 
-from .polyp import _prepare
+from .polyp import prepare_binary_pair
 
 __all__ = ["BINARY_METRIC_KEYS", "BinarySegmentationMetrics", "binary_segmentation_metrics"]
 
@@ -53,7 +53,7 @@ def binary_segmentation_metrics(pred: Any, gt: Any, threshold: float = 0.5) -> d
     """
     if not 0.0 <= float(threshold) < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}.")
-    p, g = _prepare(pred, gt)
+    p, g = prepare_binary_pair(pred, gt)
     # (batch, channel, H, W) tensors, as MONAI's metric functions expect
     y_pred = torch.from_numpy(p > float(threshold))[None, None].float()
     y = torch.from_numpy(g)[None, None].float()

@@ -77,6 +77,7 @@ __all__ = [
     "e_measure",
     "e_measure_curve",
     "mae",
+    "prepare_binary_pair",
     "s_measure",
     "summarize",
     "weighted_f_measure",
@@ -125,7 +126,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _prepare(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
+def prepare_binary_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert a ``(pred, gt)`` pair.
 
     Args:
@@ -178,7 +179,7 @@ def mae(pred: Any, gt: Any) -> float:
     Raises:
         ValueError: On invalid input (see module docstring).
     """
-    p, g = _prepare(pred, gt)
+    p, g = prepare_binary_pair(pred, gt)
     return float(np.mean(np.abs(p - g)))
 
 
@@ -199,7 +200,7 @@ def dice_iou(pred: Any, gt: Any, threshold: float = 0.5) -> tuple[float, float]:
     Raises:
         ValueError: On invalid input (see module docstring).
     """
-    p, g = _prepare(pred, gt)
+    p, g = prepare_binary_pair(pred, gt)
     binary = p > threshold
     tp = int(np.count_nonzero(binary & g))
     n_pred = int(np.count_nonzero(binary))
@@ -266,7 +267,7 @@ def s_measure(pred: Any, gt: Any, alpha: float = 0.5) -> float:
     Raises:
         ValueError: On invalid input (see module docstring).
     """
-    p, g = _prepare(pred, gt)
+    p, g = prepare_binary_pair(pred, gt)
     fg_ratio = float(np.mean(g))
     if fg_ratio == 0.0:
         return float(1.0 - np.mean(p))
@@ -357,7 +358,7 @@ def e_measure_curve(pred: Any, gt: Any) -> np.ndarray:
     Raises:
         ValueError: On invalid input (see module docstring).
     """
-    p, g = _prepare(pred, gt)
+    p, g = prepare_binary_pair(pred, gt)
     q = np.floor(p * 255.0).astype(np.int64)  # == (p * 255).astype(np.uint8) for p in [0, 1]
     hist_in = np.bincount(q[g], minlength=_NUM_LEVELS)
     hist_out = np.bincount(q[~g], minlength=_NUM_LEVELS)
@@ -422,7 +423,7 @@ def weighted_f_measure(pred: Any, gt: Any, beta2: float = 1.0) -> float:
     Raises:
         ValueError: On invalid input (see module docstring).
     """
-    p, g = _prepare(pred, gt)
+    p, g = prepare_binary_pair(pred, gt)
     if not g.any():
         return 0.0
 
@@ -485,7 +486,7 @@ class PolypMetrics:
         Raises:
             ValueError: On invalid input (see module docstring).
         """
-        p, g = _prepare(pred, gt)  # validate/convert once; the metrics accept the result as is
+        p, g = prepare_binary_pair(pred, gt)  # validate/convert once; the metrics accept the result as is
         dice, iou = dice_iou(p, g, threshold=self.threshold)
         return {
             "dice": dice,

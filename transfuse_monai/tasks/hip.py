@@ -48,7 +48,7 @@ from transfuse_monai.data.readers import RADIOGRAPH_EXTENSIONS, probe_radiograph
 from transfuse_monai.data.synthetic import draw_hip, resolve_sizes, write_dicom, write_nifti_2d
 from transfuse_monai.tasks.base import SegmentationTask, register_task
 from transfuse_monai.transforms.spacing import as_spacing
-from transfuse_monai.utils import atomic_write_json
+from transfuse_monai.utils import absolute_path, atomic_write_json
 
 __all__ = ["HIP_CLASSES", "HIP_DATALIST_KEYS", "SAMPLE_FORMATS", "HipTask"]
 
@@ -88,7 +88,7 @@ class HipTask(SegmentationTask):
 
     def datalist_path(self, root: str | os.PathLike) -> Path:
         """The datalist JSON used for dataset folder ``root``."""
-        root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+        root = absolute_path(root)
         if self.datalist_file is None:
             return root / "datalist.json"
         path = Path(os.path.expanduser(self.datalist_file))
@@ -141,7 +141,7 @@ class HipTask(SegmentationTask):
             FileNotFoundError: ``source`` does not exist.
             ValueError: no radiograph found, or the JSON has no ``split`` list.
         """
-        path = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
+        path = absolute_path(source)
         if path.is_dir():
             items = [
                 {"image": str(p)} for p in sorted(path.iterdir())

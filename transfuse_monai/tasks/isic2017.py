@@ -24,6 +24,7 @@ from PIL import Image
 from transfuse_monai.data.datalists import build_image_mask_datalist, scan_images
 from transfuse_monai.data.synthetic import draw_blob_sample, resolve_sizes, save_image_pair
 from transfuse_monai.tasks.base import SegmentationTask, register_task
+from transfuse_monai.utils import absolute_path
 
 __all__ = ["ISIC2017_SPLITS", "ISIC2017Task"]
 
@@ -69,7 +70,7 @@ class ISIC2017Task(SegmentationTask):
             FileNotFoundError: neither layout is found for ``split``.
         """
         self.check_split(split)
-        root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+        root = absolute_path(root)
         data_name, gt_name = ISIC2017_SPLITS[split]
         if (root / data_name).is_dir():
             return build_image_mask_datalist(

@@ -23,6 +23,7 @@ import numpy as np
 from transfuse_monai.data.datalists import build_image_mask_datalist, grouped_datalist
 from transfuse_monai.data.synthetic import SizeSpec, draw_blob_sample, resolve_sizes, save_image_pair
 from transfuse_monai.tasks.base import SegmentationTask, register_task
+from transfuse_monai.utils import absolute_path
 
 __all__ = ["PRANET_TEST_SETS", "PolypTask"]
 
@@ -64,7 +65,7 @@ class PolypTask(SegmentationTask):
     def subset_datalist(self, root: str | os.PathLike, subset: str, validate: bool = True) -> list[dict]:
         """The datalist of one sub-folder holding ``images`` and ``masks`` (``"TrainDataset"``,
         ``"TestDataset/Kvasir"``)."""
-        folder = Path(os.path.abspath(os.path.expanduser(os.fspath(root)))) / subset
+        folder = absolute_path(root) / subset
         return build_image_mask_datalist(
             folder / "images", folder / "masks", validate=validate, channels=self.in_channels,
             num_classes=self.num_classes,
@@ -81,7 +82,7 @@ class PolypTask(SegmentationTask):
         Raises:
             FileNotFoundError: none of the requested sets exists.
         """
-        test_root = Path(os.path.abspath(os.path.expanduser(os.fspath(root)))) / "TestDataset"
+        test_root = absolute_path(root) / "TestDataset"
         if sets is None:
             if not test_root.is_dir():
                 raise FileNotFoundError(f"PraNet TestDataset folder not found: '{test_root}'.")

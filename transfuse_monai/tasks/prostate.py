@@ -36,7 +36,7 @@ from transfuse_monai.data.datalists import assign_folds, decathlon_items, read_j
 from transfuse_monai.data.formats import NIFTI_EXTENSIONS, file_stem
 from transfuse_monai.data.synthetic import draw_prostate
 from transfuse_monai.tasks.base import SegmentationTask, register_task
-from transfuse_monai.utils import atomic_write_json
+from transfuse_monai.utils import absolute_path, atomic_write_json
 
 __all__ = ["MSD_TASK", "NUM_FOLDS", "PAPER_TABLE4", "ProstateTask"]
 
@@ -54,9 +54,6 @@ PAPER_TABLE4: dict[str, dict[str, float]] = {
     },
     "TransFuse-S (paper)": {"dice_PZ": 0.6738, "dice_TZ": 0.8539, "dice": 0.7639, "seconds_per_volume": 0.192},
 }
-
-def _as_path(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def _check_modalities(modalities: Sequence[int], num_channels: int) -> tuple[int, ...]:
@@ -154,7 +151,7 @@ class ProstateTask(SegmentationTask):
             ValueError: an unreadable ``dataset.json``, fewer cases than folds, or any problem found in the files
                 (all listed in one error).
         """
-        root_path = _as_path(root)
+        root_path = absolute_path(root)
         key = (str(root_path), bool(validate))
         if key not in self._checked:
             items = self._load_list(root_path, "training")
@@ -176,7 +173,7 @@ class ProstateTask(SegmentationTask):
 
     def folds(self, root: str | os.PathLike) -> list[list[str]]:
         """Case names of each fold, ``folds(root)[k]`` being the validation cases of fold ``k`` (sorted)."""
-        names = [d["name"] for d in self._load_list(_as_path(root), "training")]
+        names = [d["name"] for d in self._load_list(absolute_path(root), "training")]
         assignment = assign_folds(names, NUM_FOLDS, self.fold_seed)
         return [sorted(n for n, k in assignment.items() if k == fold) for fold in range(NUM_FOLDS)]
 
@@ -214,7 +211,7 @@ class ProstateTask(SegmentationTask):
         """
         self.check_split(split)
         if split == "test":
-            items = self._load_list(_as_path(root), "test")
+            items = self._load_list(absolute_path(root), "test")
             if validate:
                 self.check_datalist(items, labelled=False, context=f"Invalid prostate test images in '{root}'")
             return items
@@ -238,7 +235,7 @@ class ProstateTask(SegmentationTask):
             ValueError: no image found, or images that do not fit ``modalities`` (all listed in one error).
         """
         if isinstance(source, (str, os.PathLike)):
-            path = _as_path(source)
+            path = absolute_path(source)
             if path.is_dir():
                 files = sorted(
                     p for p in path.iterdir()
@@ -263,7 +260,7 @@ class ProstateTask(SegmentationTask):
                 raise FileNotFoundError(f"Inference input not found: '{path}'.")
         else:
             items = [
-                {"image": str(_as_path(d["image"] if isinstance(d, Mapping) else d))} for d in source
+                {"image": str(absolute_path(d["image"] if isinstance(d, Mapping) else d))} for d in source
             ]
             items = [{**d, "name": file_stem(d["image"])} for d in items]
         if not items:

@@ -16,9 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["partial_name", "atomic_path", "atomic_write_text", "atomic_write_json"]
+__all__ = ["absolute_path", "partial_name", "atomic_path", "atomic_write_text", "atomic_write_json"]
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def absolute_path(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded, made absolute (symbolic links kept, unlike ``Path.resolve``)."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def partial_name(path: str | os.PathLike) -> Path:

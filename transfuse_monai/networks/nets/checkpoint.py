@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .convert import _strip_wrappers, convert_authors_state_dict
+from .convert import strip_wrappers, convert_authors_state_dict
 from .transfuse import POS_EMBED_KEY, TransFuse
 
 __all__ = ["is_authors_state_dict", "load_transfuse_checkpoint", "resample_pos_embed_in_state_dict"]
@@ -31,7 +31,7 @@ _AUTHORS_MARKERS = ("resnet.", "up_c", "up1.", "up2.", "final_x.", "final_1.", "
 def is_authors_state_dict(state_dict: Mapping) -> bool:
     """Whether ``state_dict`` (wrappers ``{"state_dict": ...}``/``{"model": ...}`` and ``module.`` prefixes accepted)
     has the authors' ``TransFuse_S`` key names rather than this package's."""
-    return any(str(k).startswith(_AUTHORS_MARKERS) for k in _strip_wrappers(state_dict))
+    return any(str(k).startswith(_AUTHORS_MARKERS) for k in strip_wrappers(state_dict))
 
 
 def _resample_state_pos_embed(
@@ -80,7 +80,7 @@ def resample_pos_embed_in_state_dict(
         raise TypeError(f"model must be a transfuse_monai TransFuse network, got {type(model).__name__}.")
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}.")
-    return _resample_state_pos_embed(_strip_wrappers(state_dict), model, source_grid, "the state dict")
+    return _resample_state_pos_embed(strip_wrappers(state_dict), model, source_grid, "the state dict")
 
 
 def _read(path: Path, map_location) -> Mapping:
@@ -169,7 +169,7 @@ def load_transfuse_checkpoint(
             )
         state = convert_authors_state_dict(content, img_size=model.img_size, source_grid=source_grid)
     else:
-        state = _resample_state_pos_embed(_strip_wrappers(content), model, source_grid, source)
+        state = _resample_state_pos_embed(strip_wrappers(content), model, source_grid, source)
 
     own = model.state_dict()
     head_key = [k for k in own if k.startswith("head_final.") and k.endswith("conv.weight")][-1]  # output conv

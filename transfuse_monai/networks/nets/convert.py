@@ -23,7 +23,7 @@ import torch
 
 from transfuse_monai.networks.blocks.backbones import resample_pos_embed
 
-__all__ = ["convert_authors_state_dict"]
+__all__ = ["convert_authors_state_dict", "strip_wrappers"]
 
 # module prefixes: authors' name -> ours
 _MODULES = {
@@ -79,7 +79,9 @@ _FOLDED_BIAS = {
 _KNOWN_GRIDS = {192: (12, 16), 768: (24, 32)}  # the authors' 192x256 and 384x512 settings
 
 
-def _strip_wrappers(state_dict: Mapping) -> dict[str, torch.Tensor]:
+def strip_wrappers(state_dict: Mapping) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint without its wrappers: the ``state_dict`` / ``model`` entry when present, and the
+    ``module.`` prefix of DataParallel / DDP keys."""
     for key in ("state_dict", "model"):
         if key in state_dict and isinstance(state_dict[key], Mapping):
             state_dict = state_dict[key]
@@ -127,7 +129,7 @@ def convert_authors_state_dict(
         ValueError: keys that are not the authors' ``TransFuse_S`` names, or a position embedding whose grid cannot
             be inferred.
     """
-    sd = _strip_wrappers(state_dict)
+    sd = strip_wrappers(state_dict)
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     folded: dict[str, torch.Tensor] = {}
