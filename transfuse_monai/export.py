@@ -359,13 +359,14 @@ def mask_dice(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     channel, the foreground of the argmax for several (softmax); two empty masks agree (Dice 1)."""
     if pred.shape != ref.shape:
         raise ValueError(f"shapes differ: {pred.shape} vs {ref.shape}.")
+    from monai.metrics import compute_dice
+
     if pred.shape[1] == 1:
-        a, b = pred[:, 0] > 0, ref[:, 0] > 0
+        a, b = pred[:, :1] > 0, ref[:, :1] > 0
     else:
-        a, b = pred.argmax(1) > 0, ref.argmax(1) > 0
-    axes = tuple(range(1, a.ndim))
-    inter, total = (a & b).sum(axes), a.sum(axes) + b.sum(axes)
-    return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
+        a, b = pred.argmax(1)[:, None] > 0, ref.argmax(1)[:, None] > 0
+    dice = compute_dice(torch.as_tensor(a), torch.as_tensor(b), include_background=True, ignore_empty=False)
+    return dice[:, 0].double().numpy()
 
 
 def calibration_images(
