@@ -1,3 +1,5 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
 """Seconds per radiograph and per MR volume through the MONAI Deploy applications on this machine.
 
 Exports the hip and prostate bundles at their own input sizes with random weights (the time does not depend on the
@@ -8,19 +10,17 @@ Markdown table: the whole run (interpreter, SDK and model start-up included) and
 the applications' own log (from the graph's start, once every input was checked, to the last output saved, over the
 items).
 
-    python benchmarks/deploy_timing.py                        # 4 radiographs, one MR study, 2 threads
-    python benchmarks/deploy_timing.py --radiographs 8 --threads 2 --out /tmp/deploy_timing
+    python -m benchmarks deploy-timing                        # 4 radiographs, one MR study, 2 threads
+    python -m benchmarks deploy-timing --radiographs 8 --threads 2 --out /tmp/deploy_timing
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, cpu_isa, cpu_name, md_table, sys_path_entry
+
 #: "<time> INFO transfuse_deploy.<module>: ..." before the SDK configures logging, "[<time>] [INFO]
 #: (transfuse_deploy.<module>) - ..." after it
 _STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]? (?:INFO transfuse_deploy[.\w]*:|\[INFO\] "
@@ -56,6 +57,7 @@ def export(bundle: str, out: Path) -> Path:
 
 
 def radiographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
+    """``count`` generated DX radiographs of ``size`` (rows, columns) as DICOM files in ``folder``."""
     from transfuse_monai.tasks.hip import draw_hip, write_dicom
 
     for i in range(count):
@@ -69,9 +71,6 @@ def mr_study(folder: Path, nifti: Path, t2_size: tuple[int, int, int], adc_size:
     grid by the application's own function) as the 4D NIfTI the bundle reads."""
     import nibabel as nib
     from pydicom.uid import generate_uid
-
-    sys.path.insert(0, str(REPO / "deploy"))
-    from transfuse_deploy.volumes import resample_to_grid
 
     from transfuse_monai.tasks import get_task
     from transfuse_monai.tasks.prostate import write_mr_series
@@ -89,6 +88,9 @@ def mr_study(folder: Path, nifti: Path, t2_size: tuple[int, int, int], adc_size:
     write_mr_series(folder, vols[0][:, :, :3], t2_spacing, (-80.0, -80.0, 0.0), "t2_localizer", study, 1)
     write_mr_series(folder, vols[0], t2_spacing, origin, "t2_tse_tra", study, 2)
     write_mr_series(folder, vols[1], adc_spacing, origin, "ep2d_diff_ADC", study, 3)
+
+    with sys_path_entry(REPO / "deploy"):  # the applications' package, not installed in this environment
+        from transfuse_deploy.volumes import resample_to_grid
 
     def ras(spacing):
         return np.array([[-spacing[0], 0, 0, -origin[0]], [0, -spacing[1], 0, -origin[1]],
@@ -121,15 +123,17 @@ def run_app(app: str, source: Path, out: Path, model: Path, threads: int, output
     return wall, per_item, items
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--radiographs", type=int, default=4, help="number of DX radiographs")
     parser.add_argument("--radiograph", type=int, nargs=2, default=(2048, 2500), metavar=("ROWS", "COLUMNS"))
     parser.add_argument("--t2", type=int, nargs=3, default=(320, 320, 24), metavar=("X", "Y", "SLICES"))
     parser.add_argument("--adc", type=int, nargs=3, default=(128, 128, 20), metavar=("X", "Y", "SLICES"))
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL threads of the applications")
     parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Export, write the inputs, run the three application runs; print the table."""
     out = args.out or Path(tempfile.mkdtemp(prefix="deploy_timing_"))
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -149,15 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    print(f"CPU: {cpu}, PyTorch ISA {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads")
-    print("| application | input | whole run (s) | graph start to last output, per item (s) |")
-    print("|---|---|---:|---:|")
-    for app, what, unit, (wall, per_item, items) in rows:
-        print(f"| `{app}` | {what} | {wall:.1f} | {per_item:.2f} per {unit} |")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"CPU: {cpu_name()}, PyTorch ISA {cpu_isa()}, {args.threads} threads")
+    table = md_table(["application", "input", "whole run (s)", "graph start to last output, per item (s)"],
+                     [[f"`{app}`", what, f"{wall:.1f}", f"{per_item:.2f} per {unit}"]
+                      for app, what, unit, (wall, per_item, items) in rows], align="llrr")
+    print("\n".join(table))

@@ -6,10 +6,11 @@ For every image of the PraNet test sets found (Kvasir, CVC-ClinicDB, ...), both 
 preprocessed as the bundle's ``inference.json`` does (352x352 by default); each mask is scored against the ground
 truth resized to the model resolution (nearest), and the table reports, per set and overall, the mean Dice of each
 model, the mean and 95th percentile of the per-image |Dice(int8) - Dice(fp32)|, and the mean Dice between the two
-models' masks. Goal of the int8 path: mean change <= 0.005 and p95 <= 0.02.
+models' masks (every Dice: the library's :func:`transfuse_monai.metrics.dice_iou`, 1 when both masks are empty).
+Goal of the int8 path: mean change <= 0.005 and p95 <= 0.02.
 
-    python benchmarks/int8_parity.py --ckpt models/model.pt --data /data/polyp               # exports, then scores
-    python benchmarks/int8_parity.py --ckpt models/model.pt --data /data/polyp --int8 models/model_int8.onnx
+    python -m benchmarks int8-parity --ckpt models/model.pt --data /data/polyp              # exports, then scores
+    python -m benchmarks int8-parity --ckpt models/model.pt --data /data/polyp --int8 models/model_int8.onnx
 
 Without ``--int8`` the model is exported first with ``transfuse_monai.export.export_onnx_int8`` (calibrated on
 ``--calib_count`` training images of ``--data``; the segmentation head kept in float32 unless ``--float_modules``
@@ -19,7 +20,6 @@ names other submodules, or none) to ``--out`` (default a temporary folder).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, md_row, md_table
+from transfuse_monai.metrics import dice_iou
+
 BUNDLE = REPO / "bundles" / "polyp"
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2.0 * (a & b).sum() / total) if total else 1.0
 
 
 def profile_table(models: dict[str, Path], size, runs: int, threads: int | None) -> str:
@@ -73,20 +70,17 @@ def profile_table(models: dict[str, Path], size, runs: int, threads: int | None)
         per_op[name] = dict(totals)
     names = list(per_op)
     ops = sorted({op for t in per_op.values() for op in t}, key=lambda op: -per_op[names[0]].get(op, 0.0))
-    lines = [f"\nONNX Runtime kernel time per operator type, ms per batch-1 run ({size[0]}x{size[1]}, mean of "
-             f"{runs + 1} runs):", "", "| op type | " + " | ".join(f"{n} ms | {n} %" for n in names) + " |",
-             "|---|" + "---:|---:|" * len(names)]
     sums = {n: sum(per_op[n].values()) or 1.0 for n in names}
-    for op in ops:
-        cells = " | ".join(f"{per_op[n].get(op, 0.0):.1f} | {100 * per_op[n].get(op, 0.0) / sums[n]:.1f}"
-                           for n in names)
-        lines.append(f"| {op} | {cells} |")
-    lines.append("| total | " + " | ".join(f"{sums[n]:.1f} | 100" for n in names) + " |")
+    lines = [f"\nONNX Runtime kernel time per operator type, ms per batch-1 run ({size[0]}x{size[1]}, mean of "
+             f"{runs + 1} runs):", ""]
+    lines += md_table(["op type", *(f"{n} {unit}" for n in names for unit in ("ms", "%"))], [
+        [op, *(f"{v:.1f}" for n in names for v in (per_op[n].get(op, 0.0), 100 * per_op[n].get(op, 0.0) / sums[n]))]
+        for op in ops], align="l" + "r" * 2 * len(names))
+    lines.append(md_row(["total", *(v for n in names for v in (f"{sums[n]:.1f}", "100"))]))
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True,
                         help="trained polyp checkpoint (trained at any size: see load_transfuse_checkpoint)")
     parser.add_argument("--data", required=True, help="PraNet polyp dataset root (TrainDataset, TestDataset)")
@@ -107,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
                         help="also profile this many batch-1 runs of the fp32 and int8 ONNX models with ONNX Runtime's "
                         "profiler and print the time per operator type")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> None:
+    """Export (unless ``--int8``), segment every test image with both models, print the table."""
     from monai.bundle import ConfigParser
 
     from transfuse_monai.export import INT8_FLOAT_MODULES, export_onnx_int8, export_onnx_model, load_bundle_network
@@ -152,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     ref = net(image)[0, 0].numpy() > 0
                     out = int8(image)[0, 0].numpy() > 0
-                scores.append((_dice(ref, label), _dice(out, label), _dice(out, ref)))
+                scores.append((dice_iou(ref, label)[0], dice_iou(out, label)[0], dice_iou(out, ref)[0]))
             rows[name] = np.asarray(scores)
         rows["all"] = np.concatenate(list(rows.values()))
         profile = profile_table({"int8": int8_path, "fp32": fp32_path}, size, args.profile, args.threads) \
@@ -164,20 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         kept = [*float_modules] + ([] if args.activation_products else ["attention's activation x activation products"])
         kept = ", ".join(kept) + " in float32" if kept else "everything quantised"
     print(f"\nint8 (ONNX Runtime, QDQ; {kept}) vs fp32 eager PyTorch, {size[0]}x{size[1]}, checkpoint {args.ckpt}")
-    print("| set | images | Dice fp32 | Dice int8 | mean abs Dice change | p95 abs Dice change "
-          "| Dice(int8, fp32 masks) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    table = []
     for name, s in rows.items():
         change = np.abs(s[:, 1] - s[:, 0])
-        print(f"| {name} | {len(s)} | {s[:, 0].mean():.4f} | {s[:, 1].mean():.4f} | {change.mean():.4f} | "
-              f"{np.percentile(change, 95):.4f} | {s[:, 2].mean():.4f} |")
+        table.append([name, len(s), *(f"{v:.4f}" for v in (s[:, 0].mean(), s[:, 1].mean(), change.mean(),
+                                                            np.percentile(change, 95), s[:, 2].mean()))])
+    print("\n".join(md_table(["set", "images", "Dice fp32", "Dice int8", "mean abs Dice change", "p95 abs Dice change",
+                              "Dice(int8, fp32 masks)"], table, align="lrrrrrr")))
     if profile:
         print(profile)
     change = np.abs(rows["all"][:, 1] - rows["all"][:, 0])
     ok = change.mean() <= 0.005 and np.percentile(change, 95) <= 0.02
     print(f"\ngoal (mean <= 0.005, p95 <= 0.02): {'met' if ok else 'NOT met'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 """Seconds per prostate MRI volume: TransFuse-S through the prostate bundle's inference vs nnU-Net-like DynUNets.
 
 The paper (Table 4) reports 0.192 s per volume for TransFuse-S against 0.209 s for nnU-Net 2D and 0.381 s for nnU-Net
-3D full resolution. This script measures the three on the same generated volumes (MSD Task05-like: 2 channels,
+3D full resolution. This benchmark measures the three on the same generated volumes (MSD Task05-like: 2 channels,
 ``--shape`` slices x rows x columns, default 20 x 320 x 320, 0.625 x 0.625 x 3.6 mm, written as 4D NIfTI), each
 through the same pipeline, the prostate bundle's ``inference.json``:
 
@@ -29,9 +29,9 @@ affects them alike. Weights are random (speed does not depend on them).
 No test-time mirroring for any model (nnU-Net mirrors by default, which multiplies its network time by 4 in 2D and 8
 in 3D); no resampling to a target spacing for the DynUNets (the generated volumes are at nnU-Net's target spacing).
 
-    python benchmarks/prostate_speed.py                          # 3 timed volumes per model after 1 warm-up
-    python benchmarks/prostate_speed.py --volumes 5 --device cuda --amp
-    python benchmarks/prostate_speed.py --shape 20 160 160 --image-size 160 160 --volumes 1   # a quick look
+    python -m benchmarks prostate-speed                        # 3 timed volumes per model after 1 warm-up
+    python -m benchmarks prostate-speed --volumes 5 --device cuda --amp
+    python -m benchmarks prostate-speed --shape 20 160 160 --image-size 160 160 --volumes 1   # a quick look
 
 Results: a Markdown table on stdout and in ``<out>/prostate_speed.md``, everything in ``<out>/prostate_speed.json``
 (default ``benchmarks/output/prostate_speed``, git-ignored).
@@ -40,15 +40,12 @@ Results: a Markdown table on stdout and in ``<out>/prostate_speed.md``, everythi
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import OUTPUT, REPO, UsageError, cpu_name, loadavg, md_row, md_table, time_calls, write_results
+
 BUNDLE = REPO / "bundles" / "prostate"
 PAPER = {"TransFuse-S": 0.192, "nnU-Net 2D": 0.209, "nnU-Net 3D full resolution": 0.381}
 
@@ -134,40 +131,42 @@ def time_volume(pipeline: dict, path: Path) -> float:
     import torch
     from monai.data import decollate_batch, list_data_collate
 
-    sync = torch.cuda.synchronize if pipeline["device"].type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    batch = list_data_collate([pipeline["preprocessing"]({"image": str(path)})])
-    with torch.no_grad():
-        batch["pred"] = pipeline["inferer"](batch["image"].to(pipeline["device"]), pipeline["network"])
-    for item in decollate_batch(batch):
-        pipeline["postprocessing"](item)
-    sync()
-    return time.perf_counter() - start
+    sync = torch.cuda.synchronize if pipeline["device"].type == "cuda" else None
+
+    def one_volume():
+        batch = list_data_collate([pipeline["preprocessing"]({"image": str(path)})])
+        with torch.no_grad():
+            batch["pred"] = pipeline["inferer"](batch["image"].to(pipeline["device"]), pipeline["network"])
+        for item in decollate_batch(batch):
+            pipeline["postprocessing"](item)
+
+    return time_calls(one_volume, 1, sync)[0]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volumes", type=int, default=3, help="timed volumes per model (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed volumes per model first")
     parser.add_argument("--shape", type=int, nargs=3, default=[20, 320, 320], metavar=("SLICES", "ROWS", "COLS"))
     parser.add_argument("--image-size", type=int, nargs=2, default=[320, 320], help="TransFuse-S in-plane input size")
     parser.add_argument("--sw-batch-size", type=int, default=16, help="slices per network call (2D models)")
     parser.add_argument("--models", nargs="+", default=list(PAPER), choices=list(PAPER))
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--amp", action="store_true", help="the bundle's amp flag (bf16 on CPU, fp16 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "output" / "prostate_speed")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=OUTPUT / "prostate_speed")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Time every model on the same volumes, round-robin; the table and ``prostate_speed.{md,json}``."""
     if args.volumes < 1 or args.warmup < 0:
-        parser.error("--volumes must be at least 1 and --warmup at least 0")
+        raise UsageError("--volumes must be at least 1 and --warmup at least 0")
 
     import torch
 
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = loadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         volumes = write_volumes(tmp_path / "data", args.warmup + args.volumes, tuple(args.shape))
@@ -190,42 +189,23 @@ def main(argv: list[str] | None = None) -> dict:
             "paper_seconds_per_volume": PAPER[model],
             "paper_ratio_to_transfuse": PAPER[model] / PAPER["TransFuse-S"],
         }
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "CPU"
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_name()
     lines = [
         f"Seconds per volume, {args.shape[0]} x {args.shape[1]} x {args.shape[2]} voxels, 2 channels; device {device} "
         f"({args.device}, {torch.get_num_threads()} threads, amp={args.amp}); {args.volumes} volume(s) after "
         f"{args.warmup} warm-up; load average {load:.2f} at the start",
         "",
-        "| model | params (M) | s / volume (mean) | median | min | ratio to TransFuse-S | paper s / volume "
-        "| paper ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    lines += md_table(["model", "params (M)", "s / volume (mean)", "median", "min", "ratio to TransFuse-S",
+                       "paper s / volume", "paper ratio"], align="lrrrrrrr")
     for model, r in rows.items():
         ratio = f"{r['ratio_to_transfuse']:.2f}" if r["ratio_to_transfuse"] is not None else "n/a"
-        lines.append(
-            f"| {model} | {r['parameters'] / 1e6:.1f} | {r['seconds_per_volume']:.3f} | {r['median']:.3f} | "
-            f"{r['min']:.3f} | {ratio} | {r['paper_seconds_per_volume']:.3f} | {r['paper_ratio_to_transfuse']:.2f} |"
-        )
+        lines.append(md_row([
+            model, f"{r['parameters'] / 1e6:.1f}", f"{r['seconds_per_volume']:.3f}", f"{r['median']:.3f}",
+            f"{r['min']:.3f}", ratio, f"{r['paper_seconds_per_volume']:.3f}", f"{r['paper_ratio_to_transfuse']:.2f}",
+        ]))
     table = "\n".join(lines)
     print(table)
     result = {"arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "device": device, "threads": torch.get_num_threads(), "load_average": load, "results": rows}
-    sys.path.insert(0, str(REPO))
-    from transfuse_monai.utils import atomic_write_json, atomic_write_text
-
-    atomic_write_json(args.out / "prostate_speed.json", result)
-    atomic_write_text(args.out / "prostate_speed.md", table + "\n")
-    return result
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
-
-
-if __name__ == "__main__":
-    main()
+    write_results(args.out, table + "\n", result, stem="prostate_speed")

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.gpu import kit
+from benchmarks.gpu import report as kit_report
+from benchmarks.gpu.curves import COLOURS, line_chart
+
 REPO = Path(__file__).resolve().parents[1]
 KIT = REPO / "benchmarks" / "gpu"
-sys.path.insert(0, str(KIT))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import kit  # noqa: E402
-import kit_report  # noqa: E402
-from curves import COLOURS, line_chart  # noqa: E402
 
 
 def _number(v) -> bool:
@@ -79,7 +77,7 @@ def test_peak_table_matches_device_names():
 def test_cudagraphs_path_rules():
     import torch
 
-    from modelbench.paths import PathUnavailable, parse_path, prepare
+    from benchmarks.models.paths import PathUnavailable, parse_path, prepare
 
     assert parse_path("channels_last+bf16+cudagraphs") == {"channels_last", "bf16", "cudagraphs"}
     for bad in ("cudagraphs+compile", "cudagraphs+onnx", "cudagraphs+trt"):

@@ -1,19 +1,21 @@
 # Copyright (c) transfuse-monai contributors.
 # Licensed under the Apache License, Version 2.0.
-"""The GPU run kit's stages, deadlines and report (``run.sh`` is the entry point; see ``benchmarks/gpu/README.md``).
+"""The GPU run kit's stages and deadlines (started by ``bash benchmarks/gpu/run.sh --out DIR``, which installs the
+carried wheels first; see ``benchmarks/gpu/README.md``).
 
-Stages, each a subprocess of an existing benchmark with its own deadline, in this order:
+Stages, each a ``python -m benchmarks`` subprocess with its own deadline, in this order:
 
-1. ``models``: ``benchmark_models.py`` on CUDA at 352x352: batch-1 latency (FPS) and batch-16 throughput of
+1. ``models``: ``python -m benchmarks models`` on CUDA at 352x352: batch-1 latency (FPS) and batch-16 throughput of
    TransFuse-S/L/L*, the authors' TransFuse_S, PraNet and HarDNet-MSEG (when ``fetch_peers.sh`` fetched their code)
    and the MONAI peers, on the fp32 / channels-last / bf16 / fp16 / CUDA-graph paths, each with its parity check
    against fp32 eager, FLOPs (``FlopCounterMode``) and the fraction of the GPU's peak FLOP/s (:data:`PEAK_TFLOPS`).
    Its ``--time-limit`` stops starting new measurements at the stage's deadline; the rest is reported as skipped.
 2. ``compile``: the same for TransFuse-S with ``torch.compile`` (channels-last bf16), if time is left.
-3. ``train_transfuse_s``: ``budget_run.py --bundle polyp``: the polyp bundle's training recipe (352x352, multi-scale
-   0.75/1/1.25 cycled, batch 16, Adam 1e-4, from scratch) with a wall-clock loop budget (Ignite ``TimeLimit``) sized
-   so that the stage ends by its deadline, then the bundle's evaluation on Kvasir and CVC-ClinicDB: images/s,
-   data-wait share of the training loop, peak GPU memory, best validation Dice and the test metrics.
+3. ``train_transfuse_s``: ``python -m benchmarks budget --bundle polyp``: the polyp bundle's training recipe (352x352,
+   multi-scale 0.75/1/1.25 cycled, batch 16, Adam 1e-4, from scratch) with a wall-clock loop budget (Ignite
+   ``TimeLimit``) sized so that the stage ends by its deadline, then the bundle's evaluation on Kvasir and
+   CVC-ClinicDB: images/s, data-wait share of the training loop, peak GPU memory, best validation Dice and the test
+   metrics.
 4. ``train_flexunet_resnet34``: the same recipe for MONAI's FlexibleUNet (ResNet-34) at the same loop budget, if the
    time left allows it (estimated from stage 3's start-up and evaluation time).
 
@@ -31,16 +33,16 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.common import run_logged, shown, versions
+from benchmarks.gpu.report import write
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO))
 
 #: dense peak TFLOP/s by device-name fragment (first match wins): ``fp32`` without tensor cores, ``half`` bf16/fp16
 #: tensor cores; vendor datasheets (H100/H200 SXM, H100 NVL/PCIe, A100). cuDNN convolutions in "fp32" use TF32 tensor
@@ -65,7 +67,7 @@ COMPILE_PATHS = ("eager", "channels_last+bf16+compile")
 SMOKE_PATHS = ("eager", "channels_last+bf16", "fp16", "cudagraphs", "channels_last+bf16+cudagraphs")
 TRAIN_MODELS = {"train_transfuse_s": "transfuse_s", "train_flexunet_resnet34": "flexunet_resnet34"}
 LEFT_OUT = ("TensorRT and onnxruntime-gpu: too large to travel with the kit (64 MiB limit); the `trt` path of "
-            "benchmark_models.py needs them, the ONNX Runtime path here is CPU-only")
+            "`python -m benchmarks models` needs them, the ONNX Runtime path here is CPU-only")
 
 
 def peak_for(name: str | None) -> dict | None:
@@ -93,34 +95,18 @@ class Kit:
     def run(self, name: str, cmd: list[str], timeout: float) -> dict:
         """Run ``cmd`` from the repository root as stage ``name`` (log in ``logs/<name>.log``) with a hard timeout
         (the whole process group is killed); return the stage record."""
-        log = self.out / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        shown = " ".join(cmd[1:] if cmd[0] == sys.executable else cmd)
-        print(f"\n=== {name} (timeout {timeout:.0f} s) ===\n$ python {shown}", flush=True)
-        start = time.time()
+        print(f"\n=== {name} (timeout {timeout:.0f} s) ===\n$ {shown(cmd)}", flush=True)
+        proc = run_logged(cmd, self.out / "logs" / f"{name}.log", timeout=max(1.0, timeout), new_session=True)
         status, error = "ok", None
-        with open(log, "w") as f:
-            f.write(f"$ python {shown}\n\n")
-            f.flush()
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            try:
-                rc = proc.wait(timeout=max(1.0, timeout))
-                if rc != 0:
-                    status, error = "failed", f"exit code {rc}"
-            except subprocess.TimeoutExpired:
-                status, error = "timeout", f"killed after {timeout:.0f} s (stage deadline)"
-            finally:  # also when the kit itself is stopped (SIGTERM/SIGINT): leave no stage processes behind
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        seconds = time.time() - start
+        if proc.returncode is None:
+            status, error = "timeout", f"killed after {timeout:.0f} s (stage deadline)"
+        elif proc.returncode != 0:
+            status, error = "failed", f"exit code {proc.returncode}"
         if error:
-            tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
-            error += ": " + " / ".join(t.strip()[:200] for t in tail)
-        print(f"  {status} in {seconds:.0f} s" + (f": {error}" if error else ""), flush=True)
-        return {"status": status, "seconds": round(seconds, 1), "command": f"python {shown}",
-                "log": os.path.relpath(log, self.out), "error": error}
+            error += ": " + " / ".join(t.strip()[:200] for t in proc.tail(3))
+        print(f"  {status} in {proc.seconds:.0f} s" + (f": {error}" if error else ""), flush=True)
+        return {"status": status, "seconds": round(proc.seconds, 1), "command": shown(cmd),
+                "log": os.path.relpath(proc.log, self.out), "error": error}
 
     def skip(self, name: str, note: str) -> None:
         print(f"\n=== {name}: skipped ({note}) ===", flush=True)
@@ -128,8 +114,7 @@ class Kit:
         self.save()
 
     def save(self) -> None:
-        from kit_report import write
-
+        """Rewrite the report with the stages so far."""
         with self._save_lock:
             self.results["elapsed_s"] = round(time.time() - self.args.start, 1)
             write(self.results, self.out)
@@ -140,12 +125,7 @@ def environment(args) -> dict:
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-           "cpu_count": os.cpu_count(), "host": platform.node()}
-    for mod in ("monai", "ignite", "timm", "onnxruntime"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except ImportError:
-            env[mod] = None
+           "cpu_count": os.cpu_count(), "host": platform.node(), **versions("monai", "ignite", "timm", "onnxruntime")}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
@@ -162,8 +142,7 @@ def stage_models(kit: Kit, name: str, paths: tuple[str, ...], models: list[str],
         kit.skip(name, f"no time left ({kit.left():.0f} s before the deadline)")
         return
     out = kit.out / name
-    cmd = [sys.executable, str(REPO / "benchmarks" / "benchmark_models.py"), "--models", *models, "--paths", *paths,
-           "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks", "models", "--models", *models, "--paths", *paths, "--out", str(out)]
     peers = [a for m in models if m in PEER_CHECKOUTS
              for a in (PEER_CHECKOUTS[m][0], str(args.peers / PEER_CHECKOUTS[m][1]))]
     cmd += peers
@@ -187,7 +166,7 @@ def stage_models(kit: Kit, name: str, paths: tuple[str, ...], models: list[str],
         rec["rows"] = data["results"]
         rec["device"] = data["settings"].get("cuda") or data["settings"].get("cpu")
         if data.get("partial"):
-            rec["note"] = "partial: the stage was stopped before benchmark_models.py wrote its report"
+            rec["note"] = "partial: the stage was stopped before the model benchmark wrote its report"
         else:
             rec["report"] = os.path.relpath(out / "results.md", kit.out)
     kit.results["stages"][name] = rec
@@ -208,8 +187,8 @@ def stage_train(kit: Kit, name: str, loop_s: float, timeout: float) -> None:
     args = kit.args
     key = TRAIN_MODELS[name]
     out = kit.out / "train" / key
-    cmd = [sys.executable, str(REPO / "benchmarks" / "budget_run.py"), "--bundle", "polyp", "--data", str(args.data),
-           "--models", key, "--lr", "1e-4", "--budget-min", f"{loop_s / 60:.4f}", "--budget-stop", "validation",
+    cmd = [sys.executable, "-m", "benchmarks", "budget", "--bundle", "polyp", "--data", str(args.data), "--models", key,
+           "--lr", "1e-4", "--budget-min", f"{loop_s / 60:.4f}", "--budget-stop", "validation",
            "--out", str(out)]
     if args.smoke:
         cmd += ["--size", "64", "--batch-size", "4", "--val-every", "1", "--num-workers", "0",
@@ -231,7 +210,7 @@ def stage_train(kit: Kit, name: str, loop_s: float, timeout: float) -> None:
 
 
 def training_metrics(state: dict, result: dict | None, args) -> dict:
-    """The figures of one training stage from budget_run's ``train_state.json`` (and its results, when the
+    """The figures of one training stage from the budget run's ``train_state.json`` (and its results, when the
     evaluation finished)."""
     iters, batches, n_train = state.get("iterations"), state.get("loader_batches"), state.get("n_train")
     wait, compute, loop = state.get("data_wait_seconds"), state.get("iteration_seconds"), state.get("loop_seconds")
@@ -259,8 +238,7 @@ def training_metrics(state: dict, result: dict | None, args) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, generated data")
     parser.add_argument("--start", type=float, default=None, help="epoch seconds the run started (run.sh; default now)")
@@ -278,9 +256,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-loop-s", type=float, default=30, help="skip a training stage with less loop budget")
     parser.add_argument("--val-every", type=int, default=40, help="training iterations between validations")
     parser.add_argument("--num-workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 2)))
-    parser.add_argument("--data", type=Path, default=HERE / "data" / "polyp", help="packed data (pack_data.py)")
+    parser.add_argument("--data", type=Path, default=HERE / "data" / "polyp",
+                        help="packed data (python -m benchmarks gpu-pack-data)")
     parser.add_argument("--peers", type=Path, default=HERE / "peers", help="peer checkouts (fetch_peers.sh)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the stages within the deadlines; the report is rewritten after each."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # run the stages' clean-up
     args.start = args.start or time.time()
     args.out = args.out.resolve()
@@ -288,7 +270,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.total_s, args.models_s = max(args.total_s, 900), max(args.models_s, 300)  # a loaded CPU is slow
         args.data = smoke_data(args.out / "smoke_data")
-    sys.path.insert(0, str(HERE))
     kit = Kit(args)
     kit.results["env"] = environment(args)
     kit.results["notes"].append(f"Left out: {LEFT_OUT}.")
@@ -317,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     data_ok = (args.data / "MANIFEST.json").is_file() or args.smoke
     if not data_ok:
         for name in TRAIN_MODELS:
-            kit.skip(name, f"no packed data in {args.data} (run benchmarks/gpu/pack_data.py, and carry the folder)")
+            kit.skip(name, f"no packed data in {args.data} (run python -m benchmarks gpu-pack-data, and carry the "
+                     "folder)")
     else:
         first, second = TRAIN_MODELS
         if args.smoke:
@@ -347,7 +329,3 @@ def main(argv: list[str] | None = None) -> None:
     kit.save()
     print(f"\nwritten: {args.out / 'results.md'}, {args.out / 'results.json'} "
           f"(total {time.time() - args.start:.0f} s)", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -14,19 +14,20 @@ Files keep their stems (an image and its mask share one). ``MANIFEST.json`` (cou
 last: ``run.sh`` refuses a folder without it, so an interrupted pack is never used. An existing output folder is
 replaced. Prints the packed size.
 
-    python benchmarks/gpu/pack_data.py                            # ../shared/data/polyp -> benchmarks/gpu/data/polyp
-    python benchmarks/gpu/pack_data.py --src /data/polyp --quality 85
+    python -m benchmarks gpu-pack-data                      # ../shared/data/polyp -> benchmarks/gpu/data/polyp
+    python -m benchmarks gpu-pack-data --src /data/polyp --quality 85
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from benchmarks.common import UsageError, shared_data
+
+HERE = Path(__file__).resolve().parent
 TEST_SETS = ("Kvasir", "CVC-ClinicDB")
 MANIFEST = "MANIFEST.json"
 
@@ -95,24 +96,20 @@ def pack(src: Path, out: Path, train_size: tuple[int, int], quality: int, limit:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", type=Path, default=REPO.parent / "shared" / "data" / "polyp",
-                        help="PraNet root (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "gpu" / "data" / "polyp",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--src", type=Path, default=shared_data("polyp"), help="PraNet root (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=HERE / "data" / "polyp",
                         help="output root (default: %(default)s; git-ignored)")
     parser.add_argument("--train-size", type=int, nargs=2, default=[352, 352], metavar=("H", "W"))
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=0, help="first N pairs per subset only (0: all)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Pack the data and print its size."""
     if not 1 <= args.quality <= 100:
-        parser.error("--quality must be in 1..100")
-    sys.path.insert(0, str(REPO))
+        raise UsageError("--quality must be in 1..100")
     start = time.perf_counter()
     manifest = pack(args.src.resolve(), args.out.resolve(), tuple(args.train_size), args.quality, args.limit)
     print(f"packed {sum(s['pairs'] for s in manifest['subsets'].values())} pairs into {args.out}: "
           f"{manifest['bytes'] / 2**20:.1f} MiB ({time.perf_counter() - start:.0f} s)")
-
-
-if __name__ == "__main__":
-    main()

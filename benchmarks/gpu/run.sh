@@ -5,13 +5,13 @@
 # The GPU run kit: model benchmark on CUDA, then the polyp bundle's training recipe for TransFuse-S and MONAI's
 # FlexibleUNet at equal budgets, within about 8 minutes; results.md, results.json and curves (PNG) in --out.
 # Offline: MONAI, pytorch-ignite and fire come from benchmarks/gpu/wheels (fetch_wheels.sh), installed into a
-# temporary folder; this repository's package is used from the working tree. See benchmarks/gpu/README.md.
+# temporary folder; this repository's packages are used from the working tree. See benchmarks/gpu/README.md.
 #
 #     bash benchmarks/gpu/run.sh --out $OUT/gpu                # on the GPU machine
 #     bash benchmarks/gpu/run.sh --smoke --out /tmp/gpu_smoke   # CPU check, tiny sizes, generated data
 #
 # Stage budgets: environment variables KIT_TOTAL_S (470), KIT_MODELS_S (95), KIT_COMPILE_S (75),
-# KIT_TRAIN_OVERHEAD_S (60), KIT_MARGIN_S (10); other options are passed on to kit.py (python benchmarks/gpu/kit.py -h).
+# KIT_TRAIN_OVERHEAD_S (60), KIT_MARGIN_S (10); other options are passed on to the kit (python -m benchmarks gpu-kit -h).
 set -uo pipefail
 START="$(date +%s.%N)"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,4 +49,4 @@ if ! "$PYTHON" -c "import monai, ignite, fire" 2>/dev/null; then
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO" || exit 1
-"$PYTHON" "$HERE/kit.py" --start "$START" "${ARGS[@]}"
+"$PYTHON" -m benchmarks gpu-kit --start "$START" "${ARGS[@]}"

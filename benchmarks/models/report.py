@@ -5,18 +5,14 @@ Markdown tables and ``results.json`` (also rebuilt from an earlier run with :fun
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
 from pathlib import Path
 
-from .models import REFERENCE_MODEL
-from .paths import MAX_FLIP_PCT_HALF, REFERENCE_PATH, TOL_FP32, is_reduced_precision, judge, parse_path
-
-
-def fmt_mib(v) -> str:
-    return "n/a" if v is None else f"{v:.0f}"
+from benchmarks.common import UsageError, fmt, md_row, md_table, write_results
+from benchmarks.models.paths import MAX_FLIP_PCT_HALF, REFERENCE_PATH, TOL_FP32, is_reduced_precision, judge, parse_path
+from benchmarks.models.zoo import REFERENCE_MODEL
 
 
 def row_error(r: dict) -> str:
@@ -43,7 +39,7 @@ def parse_peaks(items: list[str]) -> dict[str, float]:
     for item in items:
         m = re.fullmatch(r"(cpu|cuda)\.(fp32|half)=([0-9.]+)", item)
         if not m:
-            raise argparse.ArgumentTypeError(f"--peak-tflops entries look like cuda.half=989, got '{item}'")
+            raise UsageError(f"--peak-tflops entries look like cuda.half=989, got '{item}'")
         peaks[f"{m.group(1)}.{m.group(2)}"] = float(m.group(3))
     return peaks
 
@@ -102,10 +98,6 @@ def _tflops(t: dict | None) -> str:
     return text
 
 
-def _f(v, fmt=".2f", none="n/a") -> str:
-    return none if v is None else format(v, fmt)
-
-
 def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
     out = [
         "# Model inference benchmark",
@@ -135,35 +127,30 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
             if not sel:
                 continue
             batch = settings["batch_cpu"] if device == "cpu" else settings["batch_cuda"]
-            out += [
-                f"## {size[0]}x{size[1]}, {device}",
-                "",
-                "| model | path | params (M) | GMACs | max abs diff / max abs eager (pass) | mask pixels flipped (%) "
-                "| set-up (s) | batch-1 latency median "
-                f"(ms) | IQR (ms) | min-max (ms) | latency / S-eager | throughput b{batch} (img/s) "
-                f"| throughput / S-eager | peak mem b1 / b{batch} (MiB) | TFLOP/s b1 / b{batch} (of peak) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-            ]
+            out += [f"## {size[0]}x{size[1]}, {device}", ""]
+            out += md_table([
+                "model", "path", "params (M)", "GMACs", "max abs diff / max abs eager (pass)",
+                "mask pixels flipped (%)", "set-up (s)", "batch-1 latency median (ms)", "IQR (ms)", "min-max (ms)",
+                "latency / S-eager", f"throughput b{batch} (img/s)", "throughput / S-eager",
+                f"peak mem b1 / b{batch} (MiB)", f"TFLOP/s b1 / b{batch} (of peak)"])
             skipped = {}
             for r in sel:
                 if r.get("device_na"):
                     skipped.setdefault(r["path"], r["note"])
                     continue
-                params = _f(r.get("params") and r["params"] / 1e6)
-                head = f"| {r['label']} | {r['path']} | {params} | {_f(r.get('gmacs'))} |"
+                head = [r["label"], r["path"], fmt(r.get("params") and r["params"] / 1e6), fmt(r.get("gmacs"))]
                 if r.get("status") != "ok":
-                    why = r.get("note") or row_error(r)
-                    out.append(head + f" {r['status']}: {why} |" + " |" * 10)
+                    out.append(md_row(head + [f"{r['status']}: {r.get('note') or row_error(r)}"] + [""] * 10))
                     continue
                 p, lat, ratio = r["parity"], r["latency_ms"], r.get("ratio_to_transfuse_s_eager", {})
-                out.append(
-                    head + f" {p['max_abs_diff']:.1e} / {p['max_abs_ref']:.3g} ({'pass' if p['passed'] else 'FAIL'}) | "
-                    f"{p['mask_flip_pct']:.3f} | "
-                    f"{_f(r['setup_s'], '.1f') if r['setup_s'] else '-'} | {lat['median']:.1f} | "
-                    f"{lat['q1']:.1f}-{lat['q3']:.1f} | {lat['min']:.1f}-{lat['max']:.1f} | "
-                    f"{_f(ratio.get('latency'))} | {r['throughput_img_s']:.2f} | {_f(ratio.get('throughput'))} | "
-                    f"{fmt_mib(r['peak_mem_mib_b1'])} / {fmt_mib(r['peak_mem_mib_bB'])} | {_tflops(r.get('tflops'))} |"
-                )
+                out.append(md_row(head + [
+                    f"{p['max_abs_diff']:.1e} / {p['max_abs_ref']:.3g} ({'pass' if p['passed'] else 'FAIL'})",
+                    f"{p['mask_flip_pct']:.3f}", fmt(r["setup_s"], ".1f") if r["setup_s"] else "-",
+                    f"{lat['median']:.1f}", f"{lat['q1']:.1f}-{lat['q3']:.1f}", f"{lat['min']:.1f}-{lat['max']:.1f}",
+                    fmt(ratio.get("latency")), f"{r['throughput_img_s']:.2f}", fmt(ratio.get("throughput")),
+                    f"{fmt(r['peak_mem_mib_b1'], '.0f')} / {fmt(r['peak_mem_mib_bB'], '.0f')}",
+                    _tflops(r.get("tflops")),
+                ]))
             out.append("")
             notes = [f"{r['label']} `{r['path']}`: {r['note']}" for r in sel
                      if r.get("status") == "ok" and any(w in (r.get("note") or "") for w in ("failed", "rewritten"))]
@@ -172,23 +159,22 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
             if skipped:
                 out += ["Not run on this device: " + "; ".join(f"`{p}` ({n})" for p, n in skipped.items()) + ".", ""]
     if best:
-        out += [
-            "## Best path per model (among paths that passed parity)",
-            "",
-            "| size | device | model | eager latency (ms) | fastest batch-1 path | its latency (ms) | speed-up "
-            "| best throughput path | its throughput (img/s) | speed-up | fastest path regardless of parity "
-            "(latency ms, max abs diff, mask flips %) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        out += ["## Best path per model (among paths that passed parity)", ""]
+        table = []
         for b in best:
             fp = b["fastest_any_parity"]
-            out.append(
-                f"| {b['size'][0]}x{b['size'][1]} | {b['device']} | {b['label']} | {b['eager_latency_ms']:.1f} | "
-                f"{b['best_latency_path']} | {b['best_latency_ms']:.1f} | {b['latency_speedup']:.2f}x | "
-                f"{b['best_throughput_path']} | {b['best_throughput_img_s']:.2f} | {b['throughput_speedup']:.2f}x | "
+            table.append([
+                f"{b['size'][0]}x{b['size'][1]}", b["device"], b["label"], f"{b['eager_latency_ms']:.1f}",
+                b["best_latency_path"], f"{b['best_latency_ms']:.1f}", f"{b['latency_speedup']:.2f}x",
+                b["best_throughput_path"], f"{b['best_throughput_img_s']:.2f}", f"{b['throughput_speedup']:.2f}x",
                 f"{b['fastest_any_path']} ({b['fastest_any_latency_ms']:.1f}, {fp['max_abs_diff']:.1e}"
-                f"{'' if fp['passed'] else ' FAIL'}, {fp['mask_flip_pct']:.3f}) |"
-            )
+                f"{'' if fp['passed'] else ' FAIL'}, {fp['mask_flip_pct']:.3f})",
+            ])
+        out += md_table([
+            "size", "device", "model", "eager latency (ms)", "fastest batch-1 path", "its latency (ms)", "speed-up",
+            "best throughput path", "its throughput (img/s)", "speed-up",
+            "fastest path regardless of parity (latency ms, max abs diff, mask flips %)",
+        ], table)
         out.append("")
     inter = settings.get("interleaved") or []
     if inter:
@@ -200,14 +186,11 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
             "the next call); median and IQR over the rounds; ratio to TransFuse-S fp32 eager of the same rounds. "
             "All runners stay in memory together, so caches are colder than in the per-model figures above.",
             "",
-            "| size | device | model | path | median (ms) | IQR (ms) | latency / S-eager |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for r in inter:
-            lat = r["latency_ms"]
-            out.append(f"| {r['size'][0]}x{r['size'][1]} | {r['device']} | {r['label']} | {r['path']} | "
-                       f"{lat['median']:.1f} | {lat['q1']:.1f}-{lat['q3']:.1f} | "
-                       f"{_f(r.get('ratio_to_transfuse_s_eager'))} |")
+        out += md_table(["size", "device", "model", "path", "median (ms)", "IQR (ms)", "latency / S-eager"], [[
+            f"{r['size'][0]}x{r['size'][1]}", r["device"], r["label"], r["path"], f"{r['latency_ms']['median']:.1f}",
+            f"{r['latency_ms']['q1']:.1f}-{r['latency_ms']['q3']:.1f}", fmt(r.get("ratio_to_transfuse_s_eager")),
+        ] for r in inter])
         out.append("")
     out += ["Command:", "", f"    {settings['command']}", ""]
     if settings.get("rejudged"):
@@ -215,16 +198,15 @@ def markdown(rows: list[dict], best: list[dict], settings: dict) -> str:
     return "\n".join(out)
 
 
-def write_report(rows: list[dict], settings: dict, out: Path) -> None:
+def write_report(rows: list[dict], settings: dict, out: Path, note: str = "") -> None:
+    """Add ratios, TFLOP/s and the best paths to a run's rows; print the report and write ``<out>/results.md`` and
+    ``<out>/results.json`` (``note``: added to the "written" line)."""
     add_ratios(rows)
     add_flops(rows, settings.get("peak_tflops") or {})
     best = best_paths(rows)
     report = markdown(rows, best, settings)
     print("\n" + report)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(report)
-    data = {"settings": settings, "results": rows, "best": best}
-    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_results(out, report, {"settings": settings, "results": rows, "best": best}, note=note)
 
 
 def rejudge(results_json: Path, out: Path, peaks: dict[str, float] | None = None) -> None:
@@ -239,4 +221,3 @@ def rejudge(results_json: Path, out: Path, peaks: dict[str, float] | None = None
     if peaks:
         settings["peak_tflops"] = peaks
     write_report(rows, settings, out)
-    print(f"written: {out / 'results.md'}, {out / 'results.json'}")

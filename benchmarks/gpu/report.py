@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.common import fmt, md_row, md_table
+from benchmarks.gpu.curves import line_chart
+
 TEST_SETS = ("Kvasir", "CVC-ClinicDB")
 TRAIN_LABELS = {"train_transfuse_s": "TransFuse-S", "train_flexunet_resnet34": "FlexibleUNet (ResNet-34)"}
-
-
-def _f(v, fmt: str = ".2f") -> str:
-    return "n/a" if v is None else format(v, fmt)
 
 
 def inference_table(results: dict) -> list[str]:
@@ -20,30 +19,27 @@ def inference_table(results: dict) -> list[str]:
     if not rows:
         return ["No inference results (see the stage table)."]
     batch = next((r["batch"] for r in rows if r.get("status") == "ok"), "B")
-    out = [
-        f"| model | path | params (M) | GFLOPs (batch 1) | batch-1 latency (ms, median) | FPS (batch 1) "
-        f"| throughput (img/s, batch {batch}) | TFLOP/s (batch {batch}) | of peak | parity: max abs diff (pass) "
-        "| mask pixels flipped (%) | set-up (s) | peak mem b1 / bB (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    out = md_table(["model", "path", "params (M)", "GFLOPs (batch 1)", "batch-1 latency (ms, median)", "FPS (batch 1)",
+                    f"throughput (img/s, batch {batch})", f"TFLOP/s (batch {batch})", "of peak",
+                    "parity: max abs diff (pass)", "mask pixels flipped (%)", "set-up (s)", "peak mem b1 / bB (MiB)"])
     na = {}
     for r in rows:
         if r.get("status") == "ok":
             lat, par, tf = r["latency_ms"]["median"], r["parity"], r.get("tflops") or {}
             frac = tf.get("fraction_bB")
-            of_peak = "n/a" if frac is None else f"{100 * frac:.1f}% of {tf['peak']:g} {tf['precision']}"
-            out.append(
-                f"| {r['label']} | {r['path']} | {_f(r['params'] / 1e6)} | {_f(r.get('gmacs') and 2 * r['gmacs'])} | "
-                f"{lat:.2f} | {1000 / lat:.1f} | {r['throughput_img_s']:.1f} | {_f(tf.get('bB'), '.3g')} | "
-                f"{of_peak} | "
-                f"{par['max_abs_diff']:.1e} ({'pass' if par['passed'] else 'FAIL'}) | {par['mask_flip_pct']:.3f} | "
-                f"{_f(r.get('setup_s'), '.1f')} | {_f(r.get('peak_mem_mib_b1'), '.0f')} / "
-                f"{_f(r.get('peak_mem_mib_bB'), '.0f')} |")
+            out.append(md_row([
+                r["label"], r["path"], fmt(r["params"] / 1e6), fmt(r.get("gmacs") and 2 * r["gmacs"]), f"{lat:.2f}",
+                f"{1000 / lat:.1f}", f"{r['throughput_img_s']:.1f}", fmt(tf.get("bB"), ".3g"),
+                "n/a" if frac is None else f"{100 * frac:.1f}% of {tf['peak']:g} {tf['precision']}",
+                f"{par['max_abs_diff']:.1e} ({'pass' if par['passed'] else 'FAIL'})", f"{par['mask_flip_pct']:.3f}",
+                fmt(r.get("setup_s"), ".1f"),
+                f"{fmt(r.get('peak_mem_mib_b1'), '.0f')} / {fmt(r.get('peak_mem_mib_bB'), '.0f')}",
+            ]))
         elif r.get("device_na"):
             na.setdefault(r["path"], r.get("note"))
         else:
             why = (r.get("note") or r.get("error") or "")[:160]
-            out.append(f"| {r['label']} | {r['path']} | {r['status']}: {why} |" + " |" * 10)
+            out.append(md_row([r["label"], r["path"], f"{r['status']}: {why}"] + [""] * 10))
     if na:
         out += ["", "Not available on this device: " + "; ".join(f"`{p}` ({n})" for p, n in na.items()) + "."]
     return out
@@ -54,23 +50,21 @@ def training_tables(results: dict) -> list[str]:
     stages = [(n, s) for n, s in stages if s and s.get("metrics")]
     if not stages:
         return ["No training results (see the stage table)."]
-    out = [
-        "| model | loop budget (s) | epochs (iterations) | images/s (x scales/s) | data wait / training loop "
-        "| validation (s) | peak GPU memory (MiB) | best val Dice | " + " | ".join(
-            f"{s} Dice | {s} IoU" for s in TEST_SETS) + " |",
-        "|---|---|---|---|---|---|---|---|" + "---|---|" * len(TEST_SETS),
-    ]
+    out = md_table(["model", "loop budget (s)", "epochs (iterations)", "images/s (x scales/s)",
+                    "data wait / training loop", "validation (s)", "peak GPU memory (MiB)", "best val Dice",
+                    *(f"{t} {m}" for t in TEST_SETS for m in ("Dice", "IoU"))])
     for name, s in stages:
         m = s["metrics"]
         test = m.get("test") or {}
         share = m.get("data_wait_share")
-        scores = " | ".join(f"{_f(v.get('dice'), '.4f')} | {_f(v.get('iou'), '.4f')}"
-                            for v in (test.get(t) or {} for t in TEST_SETS))
-        out.append(
-            f"| {TRAIN_LABELS[name]} | {_f(s.get('loop_budget_s'), '.0f')} | {_f(m.get('epochs_completed'))} "
-            f"({m.get('iterations')}) | {_f(m.get('images_per_s'), '.1f')} ({_f(m.get('image_scales_per_s'), '.1f')}) "
-            f"| {'n/a' if share is None else f'{100 * share:.1f}%'} | {_f(m.get('validation_s'), '.1f')} | "
-            f"{_f(m.get('cuda_peak_mem_mib'), '.0f')} | {_f(m.get('best_val_dice'), '.4f')} | {scores} |")
+        out.append(md_row([
+            TRAIN_LABELS[name], fmt(s.get("loop_budget_s"), ".0f"),
+            f"{fmt(m.get('epochs_completed'))} ({m.get('iterations')})",
+            f"{fmt(m.get('images_per_s'), '.1f')} ({fmt(m.get('image_scales_per_s'), '.1f')})",
+            "n/a" if share is None else f"{100 * share:.1f}%", fmt(m.get("validation_s"), ".1f"),
+            fmt(m.get("cuda_peak_mem_mib"), ".0f"), fmt(m.get("best_val_dice"), ".4f"),
+            *(fmt((test.get(t) or {}).get(k), ".4f") for t in TEST_SETS for k in ("dice", "iou")),
+        ]))
     scales = ("--smoke: one random scale per batch" if results["settings"].get("smoke")
               else "the recipe trains each batch at 3 scales")
     out += ["", "images/s: training images per second of training-loop time without validation (data wait + "
@@ -82,8 +76,6 @@ def training_tables(results: dict) -> list[str]:
 
 def curves(results: dict, out: Path) -> list[str]:
     """Draw the loss and validation-Dice curves of the training stages; return the Markdown image links."""
-    from curves import line_chart
-
     loss, dice = {}, {}
     for name, label in TRAIN_LABELS.items():
         m = (results["stages"].get(name) or {}).get("metrics")
@@ -109,12 +101,13 @@ def markdown(results: dict, images: list[str]) -> str:
         f"{device}; {env['cpu_count']} CPU cores; Python {env['python']}, torch {env['torch']}, MONAI {env['monai']}, "
         f"Ignite {env['ignite']}, timm {env['timm']}. Run time {results.get('elapsed_s', 0):.0f} s of a "
         f"{st['total_s']:.0f} s budget.", "",
-        "## Stages", "", "| stage | status | seconds | note |", "|---|---|---|---|",
+        "## Stages", "",
     ]
+    out += md_table(["stage", "status", "seconds", "note"])
     for name, s in results["stages"].items():
         note = s.get("error") or s.get("note") or (f"log: {s['log']}" if s.get("log") else "")
         note = note.replace("|", "\\|").replace("\n", " ")  # one table cell
-        out.append(f"| {name} | {s['status']} | {_f(s.get('seconds'), '.0f')} | {note} |")
+        out.append(md_row([name, s["status"], fmt(s.get("seconds"), ".0f"), note]))
     out += ["", "## Inference", ""]
     if peak:
         out += [f"Peak dense TFLOP/s of this device ({peak['match']} datasheet): fp32 {peak['fp32']:g} (no tensor "

@@ -1,3 +1,5 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
 """The bundles' fast-path flags on real data: accuracy and evaluation time of a trained checkpoint per flag setting.
 
 Runs a bundle's ``evaluate.json`` (the real pipeline: loading, preprocessing, inference, inversion, metrics) once per
@@ -12,13 +14,13 @@ data loading, inference, post-processing and metrics, without process start-up):
 * ``compile`` (only with ``--with-compile``): ``--compile true`` (``torch.compile`` in MONAI's evaluator, fp32; the
   loop time then includes compilation).
 
-    python benchmarks/bundle_fast_paths.py --bundle isic2017 \\
+    python -m benchmarks fast-paths --bundle isic2017 \\
         --ckpt benchmarks/output/isic_budget/transfuse_s/models/model.pt --image-size 96 128
-    python benchmarks/bundle_fast_paths.py --bundle polyp \\
+    python -m benchmarks fast-paths --bundle polyp \\
         --ckpt benchmarks/output/polyp_budget/transfuse_s/models/model.pt --image-size 128 128
 
-The checkpoints above are the ones the budget runs (``budget_run.py --bundle isic2017|polyp``) leave behind;
-any ``model.pt`` of the bundle works (``--image-size`` must be the size it was trained at). Data: ``--data``
+The checkpoints above are the ones the budget runs (``python -m benchmarks budget --bundle isic2017|polyp``) leave
+behind; any ``model.pt`` of the bundle works (``--image-size`` must be the size it was trained at). Data: ``--data``
 (default ``../shared/data/<bundle>``); ISIC 2017 is scored on the 150 official validation images (``--eval_split
 val``), polyps on ``--polyp-sets`` (default Kvasir and CVC-ClinicDB). Results: a Markdown table on stdout and in
 ``<out>/results.md``, everything in ``<out>/results.json``, logs in ``<out>/logs/`` (default
@@ -31,13 +33,24 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_common import REPO, config_list, fmt_seconds, rel, run_logged, shown  # noqa: E402
+from benchmarks.common import (
+    OUTPUT,
+    REPO,
+    bundle_command,
+    cpu_name,
+    fmt_seconds,
+    loadavg,
+    md_row,
+    md_table,
+    rel,
+    run_checked,
+    shared_data,
+    shown,
+    write_results,
+)
 
 SETTINGS = {
     "fp32": ["--amp", "false", "--channels_last", "false"],
@@ -72,8 +85,7 @@ def read_per_image(csv_path: Path, metric: str) -> dict[str, float]:
         return {f"{row['set']}/{row['name']}": float(row[metric]) for row in csv.DictReader(f)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", choices=sorted(BUNDLES), required=True)
     parser.add_argument("--ckpt", type=Path, required=True, help="a model.pt of the bundle")
     parser.add_argument("--image-size", type=int, nargs=2, required=True, help="H W the checkpoint was trained at")
@@ -82,37 +94,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["fp32", "channels_last", "amp"])
     parser.add_argument("--with-compile", action="store_true", help="also run the compile setting (slow on CPU)")
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/output/bundle_fast_paths/<bundle>")
 
+
+def run(args: argparse.Namespace) -> None:
+    """Evaluate the checkpoint once per setting; the report."""
     spec = BUNDLES[args.bundle]
-    data = (args.data or REPO.parent / "shared" / "data" / args.bundle).resolve()
+    data = (args.data or shared_data(args.bundle)).resolve()
     if not data.is_dir():
         raise SystemExit(f"no data at {data}: this benchmark needs the real {args.bundle} data (--data)")
     if not args.ckpt.is_file():
-        raise SystemExit(f"checkpoint {args.ckpt} not found; the budget runs write one (see this script's help)")
+        raise SystemExit(f"checkpoint {args.ckpt} not found; the budget runs write one (see this command's help)")
     settings = list(dict.fromkeys(args.settings + (["compile"] if args.with_compile else [])))
-    out = (args.out or REPO / "benchmarks" / "output" / "bundle_fast_paths" / args.bundle).resolve()
+    out = (args.out or OUTPUT / "bundle_fast_paths" / args.bundle).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "configs").mkdir(exist_ok=True)
 
     configs = REPO / "bundles" / args.bundle / "configs"
     extra = (["--eval_split", "val"] if args.bundle == "isic2017"
              else ["--test_sets", json.dumps(args.polyp_sets, separators=(",", ":"))])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     rows = []
     for name in settings:
         eval_dir = out / name
         timing_json = out / "configs" / f"timing_{name}.json"
         override = timing_override(out / "configs" / f"timing_override_{name}.json", timing_json)
-        cmd = [
-            sys.executable, "-m", "monai.bundle", "run", "evaluating",
-            "--config_file", config_list([configs / "train.json", configs / "evaluate.json", override]),
+        cmd = bundle_command(
+            "evaluating", [configs / "train.json", configs / "evaluate.json", override],
             "--dataset_dir", rel(data), "--image_size", json.dumps(args.image_size, separators=(",", ":")),
             "--pretrained", "false", "--num_workers", str(args.num_workers), "--ckpt_dir", rel(args.ckpt.parent),
             "--ckpt_path", rel(args.ckpt), "--output_dir", rel(eval_dir), *extra, *SETTINGS[name],
-        ]
-        wall = run_logged(cmd, out / "logs" / f"{name}.log", env)
+        )
+        wall = run_checked(cmd, out / "logs" / f"{name}.log")
         timing = json.loads(timing_json.read_text())
         summary = json.loads((eval_dir / f"{spec['prefix']}summary.json").read_text())
         per_image = read_per_image(eval_dir / f"{spec['prefix']}per_image.csv", spec["first"])
@@ -132,35 +144,28 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"# Bundle fast paths: {args.bundle}, {args.image_size[0]}x{args.image_size[1]}, checkpoint `{rel(args.ckpt)}`",
         "",
-        f"torch {torch.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch threads {ref['timing'].get('torch_threads')}; CUDA {'available' if torch.cuda.is_available() else 'not available'}; "
-        f"load average at the end {list(os.getloadavg())}.",
+        f"torch {torch.__version__}; {cpu_name()}, {os.cpu_count()} CPUs, torch threads "
+        f"{ref['timing'].get('torch_threads')}; CUDA {'available' if torch.cuda.is_available() else 'not available'}; "
+        f"load average at the end {loadavg()}.",
         f"Loop: the evaluator's Ignite COMPLETED time (loading, preprocessing, inference, inversion, metrics; "
         f"{args.num_workers} workers). Change: per-image |{spec['first']} - {spec['first']} of `{ref['setting']}`|.",
         "",
-        "| setting | flags | images | loop (s) | ms / image | speed-up | "
-        + " | ".join(f"{g} {m}" for g in groups for m in spec["metrics"])
-        + f" | per-image {spec['first']} change mean / max |",
-        "|---|---|---|---|---|---|" + "---|" * (len(groups) * len(spec["metrics"])) + "---|",
     ]
+    lines += md_table(["setting", "flags", "images", "loop (s)", "ms / image", "speed-up",
+                       *(f"{g} {m}" for g in groups for m in spec["metrics"]),
+                       f"per-image {spec['first']} change mean / max"])
     for r in rows:
         ch = r["per_image_abs_change"]
-        lines.append(
-            f"| {r['setting']} | `{' '.join(r['flags'])}` | {r['images']} | {r['loop_s']:.1f} | "
-            f"{1000 * r['loop_s'] / max(1, r['images']):.0f} | {r['speedup_vs_ref']:.2f}x | "
-            + " | ".join(f"{r['summary'].get(g, {}).get(m, float('nan')):.4f}" for g in groups for m in spec["metrics"])
-            + (f" | {ch['mean']:.2e} / {ch['max']:.2e} |" if ch else " | n/a |")
-        )
+        lines.append(md_row([
+            r["setting"], f"`{' '.join(r['flags'])}`", r["images"], f"{r['loop_s']:.1f}",
+            f"{1000 * r['loop_s'] / max(1, r['images']):.0f}", f"{r['speedup_vs_ref']:.2f}x",
+            *(f"{r['summary'].get(g, {}).get(m, float('nan')):.4f}" for g in groups for m in spec["metrics"]),
+            f"{ch['mean']:.2e} / {ch['max']:.2e}" if ch else "n/a",
+        ]))
     lines += ["", "Commands (from the repository root):", ""] + [f"    {r['command']}" for r in rows] + [""]
     report = "\n".join(lines)
     print("\n" + report)
-    (out / "results.md").write_text(report)
     for r in rows:
         r.pop("per_image")
-    (out / "results.json").write_text(json.dumps({"bundle": args.bundle, "image_size": args.image_size,
-                                                  "ckpt": rel(args.ckpt), "rows": rows}, indent=2) + "\n")
-    print(f"written: {rel(out / 'results.md')}, {rel(out / 'results.json')}; took {fmt_seconds(sum(r['process_s'] for r in rows))}")
-
-
-if __name__ == "__main__":
-    main()
+    write_results(out, report, {"bundle": args.bundle, "image_size": args.image_size, "ckpt": rel(args.ckpt),
+                                "rows": rows}, note=f"took {fmt_seconds(sum(r['process_s'] for r in rows))}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import re
 import statistics
 import time
@@ -17,21 +16,22 @@ from pathlib import Path
 
 import torch
 
-from . import paths as _paths
-from .models import MODELS, REFERENCE_MODEL, calibrate_batchnorm, count_gmacs
-from .paths import (
+from benchmarks.common import fmt, loadavg, stats_ms, time_calls
+from benchmarks.models import paths as _paths
+from benchmarks.models.paths import (
     DEVICE_NA,
     REFERENCE_PATH,
     PathUnavailable,
     Runner,
-    first_output,
     attention_default,
+    first_output,
     parity,
     parse_path,
     prepare,
     sync,
 )
-from .report import fmt_mib, row_error
+from benchmarks.models.report import row_error
+from benchmarks.models.zoo import MODELS, REFERENCE_MODEL, calibrate_batchnorm, count_gmacs
 
 _LIBC = None
 
@@ -73,32 +73,10 @@ def measure_memory_mib(call: Callable[[], object], device: torch.device) -> tupl
     return max(0, _status_kib("VmHWM") - before) / 1024, result
 
 
-def time_calls(runner: Runner, x: torch.Tensor, n: int, device: torch.device) -> list[float]:
+def time_runner(runner: Runner, x: torch.Tensor, n: int, device: torch.device) -> list[float]:
     """Seconds of each of ``n`` calls of the runner on ``x`` (input prepared once, device synchronised)."""
     x = runner.prep(x)
-    times = []
-    for _ in range(n):
-        sync(device)
-        start = time.perf_counter()
-        runner.fn(x)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def stats_ms(times: list[float]) -> dict:
-    """Median, quartiles, min, max (ms) and count of a list of durations in seconds."""
-    ms = sorted(t * 1000 for t in times)
-    if len(ms) >= 2:
-        q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
-    else:
-        q1 = q3 = ms[0]
-    return {"median": statistics.median(ms), "q1": q1, "q3": q3, "min": ms[0], "max": ms[-1], "n": len(ms)}
-
-
-def loadavg() -> list[float]:
-    """The 1, 5 and 15 minute load averages."""
-    return [round(v, 2) for v in os.getloadavg()]
+    return time_calls(lambda: runner.fn(x), n, sync=lambda: sync(device))
 
 
 _GMACS: dict[tuple, float | None] = {}
@@ -175,8 +153,8 @@ def bench_model(key: str, size, device: torch.device, paths: list[str], args, tm
             par = parity(out, ref, mods)
             del out
             memb, _ = measure_memory_mib(lambda: runner(xb).sum().item(), device)
-            lat = stats_ms(time_calls(runner, x1, args.warmup + args.repeats, device)[args.warmup:])
-            tput_times = time_calls(runner, xb, args.throughput_iters, device)
+            lat = stats_ms(time_runner(runner, x1, args.warmup + args.repeats, device)[args.warmup:])
+            tput_times = time_runner(runner, xb, args.throughput_iters, device)
             tput = batch / statistics.median(tput_times)
             rows.append({
                 **row, "status": "ok", "setup_s": runner.setup_s, "note": runner.note, "parity": par,
@@ -185,7 +163,7 @@ def bench_model(key: str, size, device: torch.device, paths: list[str], args, tm
                 "loadavg_after": loadavg(),
             })
             print(f"    {path:<22} {lat['median']:8.1f} ms (IQR {lat['q1']:.1f}-{lat['q3']:.1f}), "
-                  f"{tput:7.2f} img/s @ b{batch}, mem {fmt_mib(mem1)}/{fmt_mib(memb)} MiB, "
+                  f"{tput:7.2f} img/s @ b{batch}, mem {fmt(mem1, '.0f')}/{fmt(memb, '.0f')} MiB, "
                   f"max|d| {par['max_abs_diff']:.2e} {'ok' if par['passed'] else 'FAIL'}"
                   + (f", set-up {runner.setup_s:.1f} s" if runner.setup_s else ""), flush=True)
         except Exception as e:
@@ -227,7 +205,7 @@ def interleaved_latency(keys: list[str], paths: list[str], size, device: torch.d
             try:
                 runner = prepare(base, mods, device, tuple(size), batch, tmpdir, threads)
                 for _ in range(1 + args.warmup):
-                    time_calls(runner, x1, 1, device)
+                    time_runner(runner, x1, 1, device)
             except Exception as e:  # n/a paths and failures are reported by the main pass
                 if not isinstance(e, PathUnavailable):
                     print(f"  interleaved: {label} {path} skipped: {type(e).__name__}: {e}"[:200], flush=True)
@@ -238,7 +216,7 @@ def interleaved_latency(keys: list[str], paths: list[str], size, device: torch.d
         order = list(range(len(runners)))
         order = order[r % len(order):] + order[: r % len(order)] if order else order
         for i in order:
-            times[i] += time_calls(runners[i][3], x1, 1, device)
+            times[i] += time_runner(runners[i][3], x1, 1, device)
     rows = [{"model": key, "label": label, "size": list(size), "device": device.type, "path": path,
              "latency_ms": stats_ms(times[i])} for i, (key, label, path, _) in enumerate(runners)]
     ref = next((r for r in rows if r["model"] == REFERENCE_MODEL and r["path"] == REFERENCE_PATH), None)

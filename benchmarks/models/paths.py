@@ -340,7 +340,7 @@ def parity(out: torch.Tensor, ref: torch.Tensor, mods: frozenset[str]) -> dict:
 
 
 def judge(par: dict, mods: frozenset[str]) -> dict:
-    """Set ``passed`` and ``criterion`` of a parity record (criteria: ``benchmark_models.py --help``)."""
+    """Set ``passed`` and ``criterion`` of a parity record (criteria: ``python -m benchmarks models --help``)."""
     diff, scale = par["max_abs_diff"], max(1.0, par["max_abs_ref"])
     if is_reduced_precision(mods):
         passed = math.isfinite(diff) and par["mask_flip_pct"] <= MAX_FLIP_PCT_HALF

@@ -14,11 +14,12 @@ import importlib
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from benchmarks.common import sys_path_entry
 
 #: the model every ratio of the report is taken to (with the ``eager`` path)
 REFERENCE_MODEL = "transfuse_s"
@@ -80,15 +81,13 @@ def _import_authors(repo: str):
         import timm.models._registry as registry
 
         snapshot = {k: copy.copy(v) for k, v in vars(registry).items() if k.startswith(("_model", "_module"))}
-        sys.path.insert(0, str(Path(repo).resolve()))
         try:
-            with warnings.catch_warnings():
+            with sys_path_entry(repo), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _AUTHORS_MODULE = importlib.import_module("lib.TransFuse")
         finally:
             for k, v in snapshot.items():
                 setattr(registry, k, v)
-            sys.path.pop(0)
     return _AUTHORS_MODULE
 
 
@@ -129,13 +128,11 @@ def _import_checkout(repo: str, module: str):
     saved = libs()
     for k in saved:
         del sys.modules[k]
-    sys.path.insert(0, str(Path(repo).resolve()))
     try:
-        with warnings.catch_warnings():
+        with sys_path_entry(repo), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return importlib.import_module(module)
     finally:
-        sys.path.pop(0)
         for k in libs():
             del sys.modules[k]
         sys.modules.update(saved)

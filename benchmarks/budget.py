@@ -17,13 +17,13 @@ and best-checkpoint saving) and evaluated with its ``evaluate.json``:
 
 This is a benchmark, not a test: it needs the real data and tens of minutes.
 
-    python benchmarks/budget_run.py --bundle polyp --size 128 --budget-min 20
-    python benchmarks/budget_run.py --bundle isic2017 --budget-min 20                     # 96x128, both models
-    python benchmarks/budget_run.py --bundle isic2017 --budget-min 1 --models transfuse_s --limit-train 32 \\
-        --limit-val 8 --val-every 2 --out /tmp/isic_budget_smoke                          # smoke run (minutes)
-    python benchmarks/budget_run.py --bundle polyp --dry-run        # write the override configs, print the commands
+    python -m benchmarks budget --bundle polyp --size 128 --budget-min 20
+    python -m benchmarks budget --bundle isic2017 --budget-min 20                     # 96x128, both models
+    python -m benchmarks budget --bundle isic2017 --budget-min 1 --models transfuse_s --limit-train 32 \\
+        --limit-val 8 --val-every 2 --out /tmp/isic_budget_smoke                      # smoke run (minutes)
+    python -m benchmarks budget --bundle polyp --dry-run        # write the override configs, print the commands
 
-What the script adds to the bundle, through override config files written to ``<out>/configs/`` (the bundle's own
+What the benchmark adds to the bundle, through override config files written to ``<out>/configs/`` (the bundle's own
 files are not touched):
 
 * ``budget.json`` (training only): a budget check attached to the trainer in the bundle's ``initialize`` list (MONAI's
@@ -47,15 +47,27 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_common import REPO, config_list, fmt_seconds, rel, run_logged, shown  # noqa: E402
-from budget_common import fmt_value as _f  # noqa: E402
+from benchmarks.common import (
+    OUTPUT,
+    REPO,
+    UsageError,
+    bundle_command,
+    fmt,
+    fmt_seconds,
+    loadavg,
+    md_row,
+    md_table,
+    rel,
+    run_checked,
+    shared_data,
+    shown,
+    write_results,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Every bundle config id this script reads or overrides, in one place: update here when the bundle configs change.
+# Every bundle config id this benchmark reads or overrides, in one place: update here when the bundle configs change.
 # ---------------------------------------------------------------------------------------------------------------------
 ID = {
     # components referenced from the override configs (train.json)
@@ -164,55 +176,40 @@ def isic_scores(eval_dir: Path) -> dict:
     return {"val_model_res": read("model_res"), "val_original_res": read("original_res")}
 
 
-def _row_head(r: dict) -> str:
+def _row_head(r: dict) -> list[str]:
+    """The model, parameter, epoch and training-time cells of a results row."""
     epochs = "n/a" if r["epochs_completed"] is None else f"{r['epochs_completed']:.2f} ({r['iterations']})"
     params = "n/a" if r["parameters"] is None else f"{r['parameters']:,}"
-    return f"| {r['model']} | {params} | {epochs} | "
+    return [r["model"], params, epochs,
+            f"{fmt_seconds(r['train_loop_seconds'])} / {fmt_seconds(r['train_process_seconds'])}",
+            fmt_seconds(r["train_loop_cpu_seconds"]), fmt(r["best_val_metric"], ".4f")]
 
 
 def polyp_tables(results: list[dict], args) -> str:
-    lines = [
-        "| model | parameters | epochs completed (iterations) | training wall time (loop / process) "
-        "| training CPU time (loop) | best val Dice | Kvasir mDice | Kvasir mIoU | CVC-ClinicDB mDice "
-        "| CVC-ClinicDB mIoU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        kv, cvc = r["test"]["Kvasir"] or {}, r["test"]["CVC-ClinicDB"] or {}
-        lines.append(
-            _row_head(r) + f"{fmt_seconds(r['train_loop_seconds'])} / {fmt_seconds(r['train_process_seconds'])} | "
-            f"{fmt_seconds(r['train_loop_cpu_seconds'])} | {_f(r['best_val_metric'])} | {_f(kv.get('dice'))} | "
-            f"{_f(kv.get('iou'))} | {_f(cvc.get('dice'))} | {_f(cvc.get('iou'))} |"
-        )
-    lines += ["", "All polyp metrics (evaluate.json, original mask size):", "",
-              "| model | test set | n | " + " | ".join(POLYP_METRICS) + " |",
-              "|---|---|---|" + "---|" * len(POLYP_METRICS)]
-    for r in results:
-        for s in POLYP_TEST_SETS:
-            v = r["test"][s] or {}
-            values = " | ".join(_f(v.get(m)) for m in POLYP_METRICS)
-            lines.append(f"| {r['model']} | {s} | {int(v.get('n', 0))} | {values} |")
+    lines = md_table(
+        ["model", "parameters", "epochs completed (iterations)", "training wall time (loop / process)",
+         "training CPU time (loop)", "best val Dice", "Kvasir mDice", "Kvasir mIoU", "CVC-ClinicDB mDice",
+         "CVC-ClinicDB mIoU"],
+        [_row_head(r) + [fmt((r["test"][s] or {}).get(m), ".4f") for s in POLYP_TEST_SETS for m in ("dice", "iou")]
+         for r in results])
+    lines += ["", "All polyp metrics (evaluate.json, original mask size):", ""]
+    lines += md_table(["model", "test set", "n", *POLYP_METRICS], [
+        [r["model"], s, int((r["test"][s] or {}).get("n", 0))]
+        + [fmt((r["test"][s] or {}).get(m), ".4f") for m in POLYP_METRICS]
+        for r in results for s in POLYP_TEST_SETS])
     return "\n".join(lines)
 
 
 def isic_tables(results: list[dict], args) -> str:
     res = f"{args.size[0]}x{args.size[1]}"
-    lines = [
-        "| model | parameters | epochs (iterations) | training time (loop / process) | training CPU time (loop) "
-        f"| best selection Jaccard | val Jaccard @{res} | val Dice @{res} | val accuracy @{res} "
-        "| val Jaccard @orig | val Dice @orig | val accuracy @orig |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        m, o = r["val_model_res"] or {}, r["val_original_res"] or {}
-        lines.append(
-            _row_head(r) + f"{fmt_seconds(r['train_loop_seconds'])} / {fmt_seconds(r['train_process_seconds'])} | "
-            f"{fmt_seconds(r['train_loop_cpu_seconds'])} | {_f(r['best_val_metric'])} | "
-            + " | ".join(_f(m.get(k)) for k in ISIC_METRICS) + " | "
-            + " | ".join(_f(o.get(k + "_orig")) for k in ISIC_METRICS) + " |"
-        )
-    lines.append("| TransFuse-S, paper (test set, 192x256, ImageNet init, 25 epochs, GPU) | 26.2M | 25 | | | | "
-                 + " | ".join(_f(ISIC_PAPER[k], 3) for k in ISIC_METRICS) + " | | | |")
+    lines = md_table(
+        ["model", "parameters", "epochs (iterations)", "training time (loop / process)", "training CPU time (loop)",
+         "best selection Jaccard", f"val Jaccard @{res}", f"val Dice @{res}", f"val accuracy @{res}",
+         "val Jaccard @orig", "val Dice @orig", "val accuracy @orig"],
+        [_row_head(r) + [fmt((r["val_model_res"] or {}).get(k), ".4f") for k in ISIC_METRICS]
+         + [fmt((r["val_original_res"] or {}).get(k + "_orig"), ".4f") for k in ISIC_METRICS] for r in results])
+    lines.append(md_row(["TransFuse-S, paper (test set, 192x256, ImageNet init, 25 epochs, GPU)", "26.2M", "25", "",
+                         "", "", *(fmt(ISIC_PAPER[k], ".3f") for k in ISIC_METRICS), "", "", ""]))
     return "\n".join(lines)
 
 
@@ -307,7 +304,7 @@ def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: i
 
 def loop_timers(on: str) -> list[str]:
     """Config expressions attaching training-loop timers to the trainer (``on``: its ``add_event_handler``): the data
-    wait (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``, as ``benchmark_training.py`` measures it) and the
+    wait (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``, as ``python -m benchmarks training`` measures it) and the
     iteration time (``ITERATION_STARTED`` to ``ITERATION_COMPLETED``), summed over the run in the trainer's state."""
     def add(field: str, start: str) -> str:
         return (f"lambda e: setattr(e.state, {field!r}, getattr(e.state, {field!r}, 0.0) + time.perf_counter() "
@@ -328,8 +325,7 @@ def _torch_threads() -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------ main
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, choices=list(BUNDLES))
     parser.add_argument("--data", type=Path, default=None, help="data root (default: ../shared/data/<bundle>)")
     parser.add_argument("--size", type=int, nargs="+", default=None, metavar="S",
@@ -370,38 +366,35 @@ def build_parser() -> argparse.ArgumentParser:
                       "on val)")
     isic.add_argument("--limit-val", type=int, default=None,
                       help="smoke runs: first N validation images only (and N held-out selection images)")
-    return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check the options; fill the bundle's defaults."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Check the options and fill the bundle's defaults; raises :class:`UsageError`."""
     spec = BUNDLES[args.bundle]
     bundle_only = {"val_fraction": "polyp", "multi_scale": "polyp", "multi_scale_mode": "polyp", "limit_test": "polyp",
                    "holdout": "isic2017", "limit_val": "isic2017"}
     for name, owner in bundle_only.items():
         if name not in spec["only"] and getattr(args, name) is not None:
-            parser.error(f"--{name.replace('_', '-')} applies to --bundle {owner} only")
+            raise UsageError(f"--{name.replace('_', '-')} applies to --bundle {owner} only")
     defaults = {"val_fraction": 0.1, "multi_scale": [0.75, 1.0, 1.25], "multi_scale_mode": "random", "holdout": 0.1}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.size = list(spec["size"]) if args.size is None else args.size * 2 if len(args.size) == 1 else args.size
     if len(args.size) != 2 or any(s <= 0 or s % 32 for s in args.size):
-        parser.error(f"--size takes 1 or 2 positive multiples of 32 (TransFuse's strides, FlexibleUNet's 5 "
-                     f"downsamplings), got {args.size}")
+        raise UsageError(f"--size takes 1 or 2 positive multiples of 32 (TransFuse's strides, FlexibleUNet's 5 "
+                         f"downsamplings), got {args.size}")
     if not 0.0 <= args.holdout < 1.0:
-        parser.error("--holdout must be in [0, 1)")
+        raise UsageError("--holdout must be in [0, 1)")
     args.val_every = spec["val_every"] if args.val_every is None else args.val_every
     args.models = args.models or spec["peers"]
-    args.data = (args.data or REPO.parent / "shared" / "data" / args.bundle).resolve()
-    args.out = (args.out or REPO / "benchmarks" / "output" / spec["out"]).resolve()
-    return args
+    args.data = (args.data or shared_data(args.bundle)).resolve()
+    args.out = (args.out or OUTPUT / spec["out"]).resolve()
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Train and evaluate each model for the budget (or, ``--dry-run``, only write and print what would run)."""
+    check_args(args)
     spec, data, out = BUNDLES[args.bundle], args.data, args.out
     problems = spec["check_data"](data)
     if problems:
@@ -417,7 +410,6 @@ def main(argv: list[str] | None = None) -> None:
     budget_cfg = out / "configs" / "budget.json"
     budget_cfg.write_text(json.dumps(budget_override(limit_sec, args.val_every, args.budget_clock, cpu_limit_sec,
                                                      spec["val_metrics"], args.budget_stop), indent=2) + "\n")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     common = [*flag("dataset_dir", rel(data)), *flag("image_size", "[" + ",".join(map(str, args.size)) + "]"),
               *flag("pretrained", "false"), *flag("num_workers", args.num_workers), *flag("seed", args.seed)]
     train_data, eval_data = spec["data_args"](args)
@@ -432,17 +424,13 @@ def main(argv: list[str] | None = None) -> None:
             net_cfgs[0].write_text(json.dumps({ID["network_def"]: peer["network_def"]}, indent=2) + "\n")
         dirs = [*flag("ckpt_dir", rel(ckpt_dir)), *flag("output_dir", rel(eval_dir))]
         print(f"\n=== {peer['label']} ===", flush=True)
-        train_cmd = [
-            sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", config_list([configs / "train.json", *net_cfgs, budget_cfg]), *common, *dirs,
+        train_cmd = bundle_command(
+            "training", [configs / "train.json", *net_cfgs, budget_cfg], *common, *dirs,
             *flag("epochs", 100000), *flag("batch_size", args.batch_size), *flag("learning_rate", args.lr),
             *flag("val_interval", 1), *flag("save_checkpoints", str(args.save_checkpoints).lower()), *train_data,
-        ]
-        eval_cmd = [
-            sys.executable, "-m", "monai.bundle", "run", "evaluating",
-            "--config_file", config_list([configs / "train.json", configs / "evaluate.json", *net_cfgs]),
-            *common, *dirs, *eval_data,
-        ]
+        )
+        eval_cmd = bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json", *net_cfgs],
+                                  *common, *dirs, *eval_data)
         if args.dry_run:
             print("\n".join(f"$ {shown(c)}" for c in ([] if args.eval_only else [train_cmd]) + [eval_cmd]))
             continue
@@ -452,15 +440,15 @@ def main(argv: list[str] | None = None) -> None:
                 if d.exists():
                     shutil.rmtree(d)
             ckpt_dir.mkdir(parents=True)
-            load_before = os.getloadavg()
+            load_before = loadavg()
             commands.append(shown(train_cmd))
-            train_wall = run_logged(train_cmd, out / "logs" / f"{key}_train.log", env)
-            load = {"before": load_before, "after": os.getloadavg()}
+            train_wall = run_checked(train_cmd, out / "logs" / f"{key}_train.log")
+            load = {"before": load_before, "after": loadavg()}
         if not (ckpt_dir / "model.pt").is_file():
             raise SystemExit(f"{ckpt_dir / 'model.pt'} was not written: no validation round completed within the "
                              "budget; raise --budget-min or lower --val-every.")
         commands.append(shown(eval_cmd))
-        eval_wall = run_logged(eval_cmd, out / "logs" / f"{key}_evaluate.log", env)
+        eval_wall = run_checked(eval_cmd, out / "logs" / f"{key}_evaluate.log")
 
         state_path = eval_dir / "train_state.json"
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -493,13 +481,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{spec['setup_text'](args)}.\n\n{spec['tables'](results, args)}\n"
     )
     print("\n" + report)
-    print("Commands (from the repository root):\n" + "\n".join(commands))
-    (out / "results.md").write_text(report + "\nCommands (from the repository root):\n\n"
-                                    + "\n".join(f"    {c}" for c in commands) + "\n")
-    (out / "results.json").write_text(json.dumps(
-        {"settings": settings, "commands": commands, "results": results}, indent=2) + "\n")
-    print(f"\nwritten: {out / 'results.md'}, {out / 'results.json'}")
-
-
-if __name__ == "__main__":
-    main()
+    print("Commands (from the repository root):\n" + "\n".join(commands) + "\n")
+    write_results(out, report + "\nCommands (from the repository root):\n\n" + "\n".join(f"    {c}" for c in commands)
+                  + "\n", {"settings": settings, "commands": commands, "results": results})

@@ -1,3 +1,5 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
 """Training throughput of the polyp bundle's real pipeline, and how long the trainer waits for data.
 
 Each configuration runs one epoch of ``python -m monai.bundle run training --config_file
@@ -7,19 +9,20 @@ subset of the training images, for every combination of ``--num-workers`` (defau
 (default 1: ``CacheDataset`` holds every preprocessed pair; 0: the same dataset class caches nothing, so every pair
 is loaded and preprocessed on each access, as a plain ``Dataset`` would).
 
-    python benchmarks/benchmark_training.py                           # ../shared/data/polyp, 128x128, 64 pairs
-    python benchmarks/benchmark_training.py --data path/to/polyp --size 128 --limit 64 --num-workers 0 2
-    python benchmarks/benchmark_training.py --smoke                   # generated data, 32x32, seconds
+    python -m benchmarks training                             # ../shared/data/polyp, 128x128, 64 pairs
+    python -m benchmarks training --data path/to/polyp --size 128 --limit 64 --num-workers 0 2
+    python -m benchmarks training --smoke                     # generated data, 32x32, seconds
 
-What this script adds to the bundle, through an override config file written to ``<out>/timing.json`` (the bundle's
-files are untouched): it imports this file as a module (``PYTHONPATH=benchmarks``) and attaches
-:func:`attach_timers` to the trainer. The timers use Ignite's events: the data wait of an iteration is the time
-between ``GET_BATCH_STARTED`` and ``GET_BATCH_COMPLETED`` (``next()`` on the data loader: loading and preprocessing
-with 0 workers, waiting for a worker's batch otherwise); the compute time is ``ITERATION_STARTED`` to
-``ITERATION_COMPLETED`` (our handler runs after the bundle's own, so it includes post-processing and metrics); the
-loop time runs from ``EPOCH_STARTED`` to the last ``ITERATION_COMPLETED`` (validation, which the bundle would run at
-``EPOCH_COMPLETED``, is switched off with ``--val_interval`` larger than the epoch count). The subset is a datalist
-override (``@task.datalist(@data_root, 'train')[:limit]``); the data is read in place, never copied.
+What this benchmark adds to the bundle, through an override config file written to ``<out>/timing_<run>.json`` (the
+bundle's files are untouched): it imports :func:`attach_timers` from this module (``benchmarks.training``, with the
+repository root on the bundle process's ``PYTHONPATH``) and attaches it to the trainer. The timers use Ignite's
+events: the data wait of an iteration is the time between ``GET_BATCH_STARTED`` and ``GET_BATCH_COMPLETED``
+(``next()`` on the data loader: loading and preprocessing with 0 workers, waiting for a worker's batch otherwise); the
+compute time is ``ITERATION_STARTED`` to ``ITERATION_COMPLETED`` (our handler runs after the bundle's own, so it
+includes post-processing and metrics); the loop time runs from ``EPOCH_STARTED`` to the last ``ITERATION_COMPLETED``
+(validation, which the bundle would run at ``EPOCH_COMPLETED``, is switched off with ``--val_interval`` larger than
+the epoch count). The subset is a datalist override (``@task.datalist(@data_root, 'train')[:limit]``); the data is
+read in place, never copied.
 
 Throughput is dataset images per second of loop time (with the bundle's multi-scale ``cycle`` mode each image is
 trained at three scales per epoch); "steady" leaves out the first iteration (worker start-up, first-call
@@ -33,15 +36,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import (
+    OUTPUT,
+    REPO,
+    UsageError,
+    bundle_command,
+    fmt,
+    loadavg,
+    md_row,
+    md_table,
+    rel,
+    run_logged,
+    shared_data,
+    shown,
+    write_results,
+)
+
 CONFIGS = REPO / "bundles" / "polyp" / "configs"
 #: the bundle's fast-path flags, by name (``--flags``); "default" is the bundle as shipped (on CPU: fp32, channels-last)
 FLAG_SETTINGS = {
@@ -94,23 +110,15 @@ def attach_timers(trainer, out_path: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------ the driver
 def timing_override(out_json: Path) -> dict:
+    """The override config that attaches :func:`attach_timers` to the bundle's trainer, writing to ``out_json``."""
     return {
-        "timing_imports": ["$import benchmark_training"],
-        "+initialize": [f"$benchmark_training.attach_timers(@train#trainer, {str(out_json)!r})"],
+        "timing_imports": ["$from benchmarks.training import attach_timers"],
+        "+initialize": [f"$attach_timers(@train#trainer, {str(out_json)!r})"],
     }
 
 
-def rel(path: Path) -> str:
-    """``path`` as typed from the repository root: relative when near it (``../shared/...``), else absolute."""
-    r = os.path.relpath(path, REPO)
-    return str(path) if r.startswith(os.pardir + os.sep + os.pardir) else r
-
-
-def shown(cmd: list[str]) -> str:
-    return shlex.join(["python", *cmd[1:]] if cmd[0] == sys.executable else cmd)
-
-
 def summarise(rec: dict, process_s: float) -> dict:
+    """The figures of one run from the timers' record and the process's wall time."""
     loop = sum(rec["epoch_loop_s"])
     wait, iters = rec["data_wait_s"], rec["iteration_s"]
     n = rec["n_train"]
@@ -131,6 +139,7 @@ def summarise(rec: dict, process_s: float) -> dict:
 
 
 def markdown(results: list[dict], settings: dict) -> str:
+    """The report: settings, one table row per run, the commands."""
     lines = [
         "# Polyp bundle training throughput (one epoch)",
         "",
@@ -144,32 +153,28 @@ def markdown(results: list[dict], settings: dict) -> str:
         "`channels_last` is `--amp false --channels_last true`; `amp` is `--amp true` (on CPU bfloat16 autocast with "
         "channels-last weights and inputs, on CUDA MONAI's float16 AMP).",
         "",
-        "| flags | num_workers | cache_rate | images/s (epoch) | images/s (steady) | data wait / loop | data wait / loop "
-        "(steady) | first batch wait (s) | loop (s) | data wait (s) | compute (s) | start-up (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    lines += md_table(["flags", "num_workers", "cache_rate", "images/s (epoch)", "images/s (steady)",
+                       "data wait / loop", "data wait / loop (steady)", "first batch wait (s)", "loop (s)",
+                       "data wait (s)", "compute (s)", "start-up (s)"])
     for r in results:
+        head = [r["flags"], r["num_workers"], r["cache_rate"]]
         if "error" in r:
-            lines.append(f"| {r['flags']} | {r['num_workers']} | {r['cache_rate']} | error: {r['error']} |" + " |" * 8)
+            lines.append(md_row(head + [f"error: {r['error']}"] + [""] * 8))
             continue
-
-        def f(v, fmt=".2f"):
-            return "n/a" if v is None else format(v, fmt)
-
-        lines.append(
-            f"| {r['flags']} | {r['num_workers']} | {r['cache_rate']} | {f(r['images_per_s'])} | {f(r['steady_images_per_s'])} | "
-            f"{f(100 * r['data_wait_fraction'], '.1f')}% | "
-            f"{'n/a' if r['steady_data_wait_fraction'] is None else f(100 * r['steady_data_wait_fraction'], '.1f') + '%'}"
-            f" | {f(r['first_batch_wait_s'])} | {f(r['loop_s'], '.1f')} | {f(r['data_wait_s'], '.1f')} | "
-            f"{f(r['compute_s'], '.1f')} | {f(r['startup_s'], '.1f')} |"
-        )
+        steady_wait = r["steady_data_wait_fraction"]
+        lines.append(md_row(head + [
+            fmt(r["images_per_s"]), fmt(r["steady_images_per_s"]), f"{fmt(100 * r['data_wait_fraction'], '.1f')}%",
+            "n/a" if steady_wait is None else f"{fmt(100 * steady_wait, '.1f')}%", fmt(r["first_batch_wait_s"]),
+            fmt(r["loop_s"], ".1f"), fmt(r["data_wait_s"], ".1f"), fmt(r["compute_s"], ".1f"),
+            fmt(r["startup_s"], ".1f"),
+        ]))
     lines += ["", "Commands:", ""] + [f"    {c}" for c in settings["commands"]] + [""]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "polyp",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=shared_data("polyp"),
                         help="PraNet data root (default ../shared/data/polyp); generated data when it is absent")
     parser.add_argument("--size", type=int, default=128, help="square training size, multiple of 32")
     parser.add_argument("--limit", type=int, default=64, help="first N training pairs (the bundle splits off "
@@ -181,16 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-rates", type=float, nargs="+", default=[1.0, 0.0])
     parser.add_argument("--flags", nargs="+", choices=list(FLAG_SETTINGS), default=["default"],
                         help="fast-path flag settings to run (each with every --num-workers x --cache-rates)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "output" / "training")
+    parser.add_argument("--out", type=Path, default=OUTPUT / "training")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of the training processes (default: torch's choice, all cores)")
-    parser.add_argument("--smoke", action="store_true", help="generated data, 32x32, 8 pairs, batch 4")
-    args = parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help="generated data, 32x32, 10 pairs, batch 4")
 
+
+def run(args: argparse.Namespace) -> None:
+    """One epoch per flags x workers x cache-rate combination; the report."""
     if args.smoke:
         args.size, args.limit, args.batch_size = 32, 10, 4
     if args.size % 32:
-        parser.error("--size must be a multiple of 32")
+        raise UsageError("--size must be a multiple of 32")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="tf_train_bench_"))
@@ -212,10 +219,10 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size": args.batch_size, "multi_scale": [0.75, 1.0, 1.25], "multi_scale_mode": args.multi_scale_mode,
         "val_fraction": args.val_fraction, "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "loadavg_start": [round(v, 2) for v in os.getloadavg()], "commands": [],
+        "loadavg_start": loadavg(), "commands": [],
     }
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "benchmarks"), os.environ.get("PYTHONPATH")])))
+    # the bundle process imports attach_timers from this package: the repository root on its path
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
         settings["torch_threads"] = args.threads
@@ -228,9 +235,8 @@ def main(argv: list[str] | None = None) -> None:
         timing_json = run_dir / "timing.json"
         override = out / f"timing_{tag}.json"
         override.write_text(json.dumps(timing_override(timing_json), indent=2) + "\n")
-        cmd = [
-            sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", json.dumps([rel(CONFIGS / "train.json"), rel(override)], separators=(",", ":")),
+        cmd = bundle_command(
+            "training", [CONFIGS / "train.json", override],
             "--dataset_dir", rel(data),
             "--datalist", f"$@task.datalist(@data_root, 'train')[:{args.limit}]",
             "--image_size", f"[{args.size},{args.size}]",
@@ -239,33 +245,23 @@ def main(argv: list[str] | None = None) -> None:
             "--num_workers", str(workers), "--cache_rate", str(cache),
             "--pretrained", "false", "--save_checkpoints", "false",
             "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(run_dir / "eval"), *FLAG_SETTINGS[flags],
-        ]
+        )
         settings["commands"].append(shown(cmd))
         print(f"\n=== flags {flags}, num_workers {workers}, cache_rate {cache:g} ===\n$ {shown(cmd)}", flush=True)
-        log = out / f"{tag}.log"
-        start = time.perf_counter()
-        with open(log, "w") as f:
-            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-        process_s = time.perf_counter() - start
-        row = {"flags": flags, "num_workers": workers, "cache_rate": cache, "log": str(log),
-               "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
-        if proc.returncode != 0 or not timing_json.is_file():
-            print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
-            row["error"] = f"exit code {proc.returncode}, see {log}"
+        proc = run_logged(cmd, out / f"{tag}.log", env)
+        row = {"flags": flags, "num_workers": workers, "cache_rate": cache, "log": str(proc.log),
+               "loadavg_after": loadavg()}
+        if not proc.ok or not timing_json.is_file():
+            print("\n".join(proc.tail(30)), file=sys.stderr)
+            row["error"] = f"exit code {proc.returncode}, see {proc.log}"
         else:
-            row.update(summarise(json.loads(timing_json.read_text()), process_s))
+            row.update(summarise(json.loads(timing_json.read_text()), proc.seconds))
             print(f"  {row['images_per_s']:.2f} images/s, data wait {100 * row['data_wait_fraction']:.1f}% of "
-                  f"{row['loop_s']:.1f} s loop, process {process_s:.1f} s", flush=True)
+                  f"{row['loop_s']:.1f} s loop, process {proc.seconds:.1f} s", flush=True)
         results.append(row)
-    settings["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    settings["loadavg_end"] = loadavg()
     settings["n_train"] = next((r["n_train"] for r in results if "n_train" in r), None)
     report = markdown(results, settings)
     print("\n" + report)
-    (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
-    print(f"written: {out / 'results.md'}, {out / 'results.json'}")
+    write_results(out, report, {"settings": settings, "results": results})
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
