@@ -58,7 +58,7 @@ def export(bundle: str, out: Path) -> Path:
 
 def radiographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
     """``count`` generated DX radiographs of ``size`` (rows, columns) as DICOM files in ``folder``."""
-    from transfuse_monai.tasks.hip import draw_hip, write_dicom
+    from transfuse_monai.data.synthetic import draw_hip, write_dicom
 
     for i in range(count):
         image, _ = draw_hip(np.random.default_rng(i), *size)
@@ -73,7 +73,7 @@ def mr_study(folder: Path, nifti: Path, t2_size: tuple[int, int, int], adc_size:
     from pydicom.uid import generate_uid
 
     from transfuse_monai.tasks import get_task
-    from transfuse_monai.tasks.prostate import write_mr_series
+    from transfuse_monai.data.synthetic import write_mr_series
 
     t2_spacing = (0.5, 0.5, 3.0)
     adc_spacing = tuple(t2_spacing[i] * t2_size[i] / adc_size[i] for i in range(3))

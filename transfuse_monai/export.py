@@ -78,7 +78,7 @@ INT8_MIN_DICE = 0.95
 #: submodules the int8 export keeps in float32: TransFuse's segmentation head (3x3 conv + 1x1 conv to the logits at
 #: H/4). Quantising its input flips the pixels whose logits lie near the threshold: on the 162 polyp test images
 #: with a trained checkpoint, the per-image Dice change against fp32 falls from 0.0067 mean / 0.0216 p95 to
-#: 0.0030 / 0.0103 with the head in float32, for at most 2% of the int8 latency (``benchmarks/README.md``)
+#: 0.0030 / 0.0103 with the head in float32, for at most 2% of the int8 latency (``benchmarks/RESULTS.md``)
 INT8_FLOAT_MODULES = ("head_final",)
 
 
@@ -498,14 +498,14 @@ def quantize_onnx_int8(
         per_channel: one weight scale per output channel (recommended for convolutions).
         reduce_range: 7-bit weights, against the saturation of the u8s8 products of x86 CPUs without VNNI (their
             16-bit intermediate sums); ONNX Runtime's advice for such CPUs, and on TransFuse-S on an AVX2 host as
-            fast as 8-bit weights with closer masks (``benchmarks/README.md``). ``False`` for 8-bit weights.
+            fast as 8-bit weights with closer masks (``benchmarks/RESULTS.md``). ``False`` for 8-bit weights.
         nodes_to_exclude: node names kept in float32.
         float_modules: submodules of the exported network kept in float32 (their ``op_types`` nodes, found by
             :func:`module_nodes`), e.g. :data:`INT8_FLOAT_MODULES`.
         activation_products: also quantise the MatMuls of two activations (attention's q.k^T and attn.v) and so the
             softmax between them. Off by default: on a CPU without VNNI, ONNX Runtime's uint8 x uint8 products and
             its quantised softmax are slow, and TransFuse-S runs about 5% faster with them in float32, with the
-            same masks (``benchmarks/README.md``).
+            same masks (``benchmarks/RESULTS.md``).
 
     Raises:
         ValueError: a module of ``float_modules`` has no node of ``op_types`` in the graph (nothing is written).

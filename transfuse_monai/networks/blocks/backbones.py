@@ -254,7 +254,7 @@ class DeviceAwareAttention(nn.Module):
     on a CPU, where ``softmax(q k^T * scale) v`` with two batched matrix products is faster. At TransFuse-S's 484
     tokens (352x352) under bfloat16 autocast on a 2-core CPU, the fused CPU kernel takes about 41 ms per forward for
     the 8 blocks against 23 ms for the explicit products; in float32 both take about 21-25 ms, so fp32 keeps the fused
-    kernel (``benchmarks/benchmark_models.py``, ``channels_last+bf16`` path).
+    kernel (``python -m benchmarks models``, ``channels_last+bf16`` path).
 
     Args:
         attn: the timm ``Attention`` to take the layers from (without gating).
