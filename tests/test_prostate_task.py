@@ -165,7 +165,7 @@ def test_every_bad_input_is_named_in_one_error(sample, tmp_path):
     assert "6 problem(s)" in message and str(root) in message
     expected = {
         "prostate_01": "label file not found: 'prostate_01.nii.gz'",
-        "prostate_02": "label 'prostate_02.nii.gz' holds value(s) 3 outside {0, 1, 2}",
+        "prostate_02": "label 'prostate_02.nii.gz' holds value(s) 0, 1, 2, 3 outside the class indices 0..2",
         "prostate_03": "shape mismatch: image 'prostate_03.nii.gz' is (40, 48, 6) but label 'prostate_03.nii.gz' is "
                        "(40, 46, 6)",
         "prostate_04": "image 'prostate_04.nii.gz' is 3D (40, 48, 6), but modalities [0, 1] need a 4D image with 2 "

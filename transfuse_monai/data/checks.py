@@ -26,7 +26,15 @@ from PIL import Image
 
 from transfuse_monai.utils import absolute_path, atomic_write_json
 
-__all__ = ["PictureCheck", "check_picture", "mask_value_problem", "InferenceInputs", "REPORT_NAME"]
+__all__ = [
+    "PictureCheck",
+    "VolumeCheck",
+    "check_picture",
+    "check_volume",
+    "mask_value_problem",
+    "InferenceInputs",
+    "REPORT_NAME",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +142,108 @@ def check_picture(
             problems.append(f"{kind} '{name}' {why} ({path})")
         empty = bool(values.size) and float(values.max()) == 0
     return PictureCheck(size, problems, empty)
+
+
+class VolumeCheck(NamedTuple):
+    """What :func:`check_volume` found: the ``problems`` (empty when the files are usable) and whether the label
+    is ``empty`` (background only)."""
+
+    problems: list[str]
+    empty: bool = False
+
+
+def _load_header(path: str | os.PathLike | None, kind: str, image_name: str, problems: list[str]):
+    import nibabel as nib
+
+    if not path:
+        problems.append(f"no {kind} file given for image '{image_name}'")
+        return None
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        problems.append(f"{kind} file not found: '{name}' ({path})")
+        return None
+    try:
+        img = nib.load(path)
+        img.header.get_data_shape()
+    except Exception as err:  # noqa: BLE001 - nibabel raises many exception types for bad files
+        problems.append(f"unreadable {kind} file '{name}' ({path}): {type(err).__name__}: {err}")
+        return None
+    return img
+
+
+def check_volume(
+    image: str | os.PathLike,
+    label: str | os.PathLike | None = None,
+    *,
+    labelled: bool = False,
+    channels: int = 1,
+    num_classes: int | None = None,
+    channel_names: Sequence[str] = (),
+    needed_by: str = "",
+    advice: str = "",
+) -> VolumeCheck:
+    """Check a NIfTI volume (and its label) from the headers, plus the label's values, and report what would break
+    its loading, one line per problem naming the file.
+
+    Checked: the files exist and are readable NIfTI; the image is 3D (one channel) or 4D with the channels in the
+    last axis, with at least ``channels`` of them; the label is 3D, on the image's grid (same shape, affine within
+    1e-3) and, with ``num_classes``, holds class indices only (:func:`mask_value_problem`; the one check that reads
+    voxels, of the label only).
+
+    Args:
+        image: the image file.
+        label: its label file.
+        labelled: a label is required (a missing one is a problem).
+        channels: channels the network takes from the image (the index of the last one used, plus one).
+        num_classes: classes of the task, background included; ``None`` skips the value check.
+        channel_names: names of the image's channels, in messages (``("T2", "ADC")``).
+        needed_by: what needs the channels, in messages (``"modalities [0, 1]"``).
+        advice: appended to the message of a 3D image where several channels are needed.
+
+    Returns:
+        a :class:`VolumeCheck`.
+    """
+    problems: list[str] = []
+    image = os.fspath(image)
+    image_name = os.path.basename(image)
+    img = _load_header(image, "image", image_name, problems)
+    if img is not None:
+        shape, need = tuple(img.shape), needed_by or f"{channels} channel(s)"
+        if len(shape) == 3 and channels > 1:
+            names = f" ({', '.join(channel_names[:channels])})" if channel_names else ""
+            problems.append(f"image '{image_name}' is 3D {shape}, but {need} need a 4D image with {channels} "
+                            f"channels{names} in the last axis{advice} ({image})")
+        elif len(shape) not in (3, 4):
+            problems.append(f"image '{image_name}' has shape {shape}: expected 4D (x, y, z, channels) or 3D ({image})")
+        elif len(shape) == 4 and shape[3] < channels:
+            problems.append(f"image '{image_name}' has {shape[3]} channel(s) {shape}, but {need} need at least "
+                            f"{channels} ({image})")
+    if not labelled:
+        return VolumeCheck(problems)
+    lbl = _load_header(label, "label", image_name, problems)
+    if lbl is None:
+        return VolumeCheck(problems)
+    path, shape = os.fspath(label), tuple(lbl.shape)
+    name = os.path.basename(path)
+    if len(shape) != 3:
+        return VolumeCheck(problems + [f"label '{name}' has shape {shape}: expected a 3D volume ({path})"])
+    if img is not None and len(img.shape) in (3, 4):
+        if tuple(img.shape[:3]) != shape:
+            problems.append(f"shape mismatch: image '{image_name}' is {tuple(img.shape[:3])} but label '{name}' is "
+                            f"{shape}")
+        elif not np.allclose(img.affine, lbl.affine, rtol=0, atol=1e-3):
+            problems.append(f"affine mismatch: image '{image_name}' and label '{name}' are on different grids "
+                            f"(affines {np.round(img.affine, 4).tolist()} and {np.round(lbl.affine, 4).tolist()})")
+    try:
+        values = np.unique(np.asanyarray(lbl.dataobj))
+    except Exception as err:  # noqa: BLE001
+        return VolumeCheck(problems + [f"unreadable label file '{name}' ({path}): {type(err).__name__}: {err}"])
+    if num_classes is not None:
+        why = mask_value_problem(values.tolist(), int(num_classes))
+        if why:
+            problems.append(f"label '{name}' {why} ({path})")
+    return VolumeCheck(problems, bool(values.size) and not values.any())
 
 
 def _output_path(image: str, output_dir: str, output_ext: str) -> Path:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfuse_monai.data.checks import VolumeCheck, check_volume
 from transfuse_monai.data.datalists import assign_folds, decathlon_items, read_json_datalist
 from transfuse_monai.data.formats import NIFTI_EXTENSIONS, file_stem
 from transfuse_monai.data.synthetic import draw_prostate
@@ -284,10 +285,10 @@ class ProstateTask(SegmentationTask):
     def check_datalist(self, datalist: Sequence[Mapping], labelled: bool = True, context: str = "Invalid datalist"):
         """Check every image (and label) of ``datalist`` from the NIfTI headers, plus the label values.
 
-        Checked: files exist and are readable NIfTI; an image is 4D with the channels in the last axis and enough
-        of them for ``modalities`` (a 3D image only when ``modalities`` is ``[0]``); a label is 3D, has the image's
-        shape and affine (within 1e-3) and holds values in ``{0, 1, 2}`` only (the one check that reads voxels, of
-        the labels only). Labels holding background only are not errors: one ``UserWarning`` lists them.
+        Checked (:func:`~transfuse_monai.data.checks.check_volume`): files exist and are readable NIfTI; an image is
+        4D with the channels in the last axis and enough of them for ``modalities`` (a 3D image only when
+        ``modalities`` is ``[0]``); a label is 3D, has the image's shape and affine (within 1e-3) and holds values in
+        ``{0, 1, 2}`` only. Labels holding background only are not errors: one ``UserWarning`` lists them.
 
         Returns:
             ``datalist`` as a list, unchanged.
@@ -298,7 +299,10 @@ class ProstateTask(SegmentationTask):
         problems: list[str] = []
         empty: list[str] = []
         for item in datalist:
-            problems += self._item_problems(item, labelled, empty)
+            found = self._check(item, labelled)
+            problems += found.problems
+            if found.empty:
+                empty.append(os.fspath(item["label"]))
         if empty:
             warnings.warn(
                 f"{len(empty)} label volume(s) hold background only (check them if unexpected): {', '.join(empty)}",
@@ -313,88 +317,15 @@ class ProstateTask(SegmentationTask):
     def input_problems(self, path: str | os.PathLike) -> list[str]:
         """Why the inference input ``path`` cannot be segmented (empty when it can): the checks of
         :meth:`check_datalist` on the NIfTI header (the volume itself is decoded once, by the run)."""
-        return self._item_problems({"image": os.fspath(path)}, labelled=False, empty=[])
+        return self._check({"image": os.fspath(path)}, labelled=False).problems
 
-    def _item_problems(self, item: Mapping, labelled: bool, empty: list[str]) -> list[str]:
-        import nibabel as nib
-
-        problems: list[str] = []
+    def _check(self, item: Mapping, labelled: bool) -> VolumeCheck:
         need = max(self.modalities) + 1
-        image = os.fspath(item["image"])
-        headers = {}
-        for kind, path in (("image", image), ("label", item.get("label"))):
-            if kind == "label" and not labelled:
-                continue
-            if not path:
-                problems.append(f"no label file given for image '{os.path.basename(image)}'")
-                continue
-            path = os.fspath(path)
-            name = os.path.basename(path)
-            if not os.path.isfile(path):
-                problems.append(f"{kind} file not found: '{name}' ({path})")
-                continue
-            try:
-                headers[kind] = nib.load(path)
-                headers[kind].header.get_data_shape()
-            except Exception as err:  # noqa: BLE001 - nibabel raises many exception types for bad files
-                problems.append(f"unreadable {kind} file '{name}' ({path}): {type(err).__name__}: {err}")
-        if "image" in headers:
-            problems += self._image_problems(headers["image"], image, need)
-        if "label" in headers:
-            label_problems, is_empty = self._label_problems(headers["label"], headers.get("image"),
-                                                            os.fspath(item["label"]))
-            problems += label_problems
-            if is_empty:
-                empty.append(os.fspath(item["label"]))
-        return problems
-
-    def _image_problems(self, img, path: str, need: int) -> list[str]:
-        name, shape = os.path.basename(path), tuple(img.shape)
-        if len(shape) == 3:
-            if need > 1:
-                return [
-                    f"image '{name}' is 3D {shape}, but modalities {list(self.modalities)} need a 4D image with "
-                    f"{need} channels ({', '.join(self.all_channel_names[:need])}) in the last axis; for T2-only "
-                    f"data pass modalities [0] ({path})"
-                ]
-            return []
-        if len(shape) != 4:
-            return [f"image '{name}' has shape {shape}: expected 4D (x, y, z, channels) or 3D ({path})"]
-        if shape[3] < need:
-            return [
-                f"image '{name}' has {shape[3]} channel(s) {shape}, but modalities {list(self.modalities)} need at "
-                f"least {need} ({path})"
-            ]
-        return []
-
-    @staticmethod
-    def _label_problems(lbl, img, path: str) -> tuple[list[str], bool]:
-        """``(problems, whether the label holds background only)``."""
-        name, shape = os.path.basename(path), tuple(lbl.shape)
-        problems = []
-        if len(shape) != 3:
-            return [f"label '{name}' has shape {shape}: expected a 3D volume ({path})"], False
-        if img is not None and len(img.shape) in (3, 4):
-            if tuple(img.shape[:3]) != shape:
-                problems.append(
-                    f"shape mismatch: image '{os.path.basename(img.get_filename())}' is {tuple(img.shape[:3])} but "
-                    f"label '{name}' is {shape}"
-                )
-            elif not np.allclose(img.affine, lbl.affine, rtol=0, atol=1e-3):
-                problems.append(
-                    f"affine mismatch: image '{os.path.basename(img.get_filename())}' and label '{name}' are on "
-                    f"different grids (affines {np.round(img.affine, 4).tolist()} and "
-                    f"{np.round(lbl.affine, 4).tolist()})"
-                )
-        try:
-            values = np.unique(np.asanyarray(lbl.dataobj))
-        except Exception as err:  # noqa: BLE001
-            return problems + [f"unreadable label file '{name}' ({path}): {type(err).__name__}: {err}"], False
-        unexpected = [v for v in values.tolist() if v not in (0, 1, 2)]
-        if unexpected:
-            shown = ", ".join(f"{v:g}" for v in unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
-            problems.append(f"label '{name}' holds value(s) {shown} outside {{0, 1, 2}} (background, PZ, TZ) ({path})")
-        return problems, bool(values.size) and not values.any()
+        return check_volume(
+            item["image"], item.get("label"), labelled=labelled, channels=need, num_classes=self.num_classes,
+            channel_names=self.all_channel_names, needed_by=f"modalities {list(self.modalities)}",
+            advice="; for T2-only data pass modalities [0]",
+        )
 
     # ------------------------------------------------------------------------------------------ sample
 
