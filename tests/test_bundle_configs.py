@@ -106,6 +106,13 @@ def test_ids_of_several_bundles_are_identical(name):
                           f"PER_TASK_IDS with a reason): {sorted(differing)}\n{json.dumps(differing, indent=1)[:3000]}"
 
 
+@pytest.mark.parametrize("name", ("multi_gpu_train.json", "multi_gpu_evaluate.json", "inference_onnx.json"))
+def test_configs_without_task_settings_are_one_file(name):
+    """A layer that holds no task setting is the same file in every bundle (a copy: each bundle folder stands alone)."""
+    texts = {b: (REPO / "bundles" / b / "configs" / name).read_text() for b in BUNDLES}
+    assert len(set(texts.values())) == 1, f"{name} differs between bundles: copy one over the others"
+
+
 def test_every_per_task_id_differs():
     """No stale entry: each id of :data:`PER_TASK_IDS` is defined differently by some bundles in some config."""
     differing = [key for name in CONFIGS for key in differing_ids(name)]
