@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
+from transfuse_monai.bundle import network_input_size
 from transfuse_monai.networks.nets import TransFuse
 from transfuse_monai.tasks import SegmentationTask, get_task
 
@@ -82,7 +83,9 @@ def foreground_values(bundle_dir: Path) -> dict[int, str]:
 
 
 def image_size(bundle_dir: Path) -> list[int]:
-    return json.loads((bundle_dir / "configs" / "inference.json").read_text())["image_size"]
+    """The bundle's ``image_size``: a literal where ``make_app`` set one, else the size its metadata states."""
+    size = json.loads((bundle_dir / "configs" / "inference.json").read_text())["image_size"]
+    return size if isinstance(size, list) else network_input_size(None, bundle_dir)
 
 
 def make_app(dest: Path, bundles: list[str], size: int | None) -> Path:

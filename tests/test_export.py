@@ -55,6 +55,16 @@ def test_export_all_formats_match_eager(bundle, tmp_path):
     extra = {"metadata.json": "", "inference.json": ""}
     torch.jit.load(results["torchscript"]["file"], _extra_files=extra)
     assert json.loads(extra["metadata.json"])["network_data_format"]
+    # the input normalisation, which inference.json computes with timm, is embedded as values (MONAI Deploy's
+    # runtime has no timm); the rest of the config is the bundle's
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    embedded = json.loads(extra["inference.json"])
+    if "normalization" in config:
+        from transfuse_monai.networks import pretrained_normalization
+
+        assert embedded.pop("normalization") == pretrained_normalization("S", get_task(bundle).in_channels)
+        config.pop("normalization")
+    assert embedded == config
 
     import onnxruntime as ort
 

@@ -183,7 +183,7 @@ def test_export_and_reload_torchscript(trained):
 
 
 def test_metadata_and_network_io(single_thread):
-    from monai.bundle import verify_metadata, verify_net_in_out
+    from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
     if SCHEMA.is_file():
         verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
@@ -191,7 +191,10 @@ def test_metadata_and_network_io(single_thread):
     assert meta["version"] in meta["changelog"]
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "PZ", "2": "TZ"}
     # a volume of any depth (MONAI Label serves the bundle as 3D), each slice resized in-plane for the 2D network
-    in_plane = json.loads((CONFIGS / "inference.json").read_text())["image_size"]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    in_plane = parser.get_parsed_content("image_size")
     for spec in (*meta["network_data_format"]["inputs"].values(), *meta["network_data_format"]["outputs"].values()):
         assert spec["spatial_shape"] == [*in_plane, "*"]
     verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),

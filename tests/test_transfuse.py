@@ -7,7 +7,7 @@ import timm
 import torch
 
 from transfuse_monai.networks.blocks import BIFUSION_COMPONENTS, BiFusion
-from transfuse_monai.networks.nets import TRANSFUSE_PRESETS, TransFuse
+from transfuse_monai.networks.nets import TRANSFUSE_PRESETS, TransFuse, pretrained_normalization
 
 AUTHORS_TRANSFUSE_S_PARAMS = 26_248_725  # parameters of the authors' TransFuse_S at 192x256 with one class
 
@@ -129,6 +129,35 @@ def test_presets_and_overrides():
     with torch.no_grad():
         assert custom.eval()(torch.randn(1, 3, 64, 96)).shape == (1, 1, 64, 96)
 
+
+
+@pytest.mark.parametrize("variant", sorted(TRANSFUSE_PRESETS))
+def test_pretrained_normalization_is_the_backbones(variant):
+    """The input normalisation is the timm ``pretrained_cfg`` of the variant's CNN (the weights ``pretrained`` loads),
+    which the preset's transformer shares; one grey channel takes the average (timm sums the colour filters), more
+    channels repeat the colours cyclically (as timm repeats the filters)."""
+    from timm.models import get_pretrained_cfg
+
+    preset = TRANSFUSE_PRESETS[variant]
+    cnn, vit = get_pretrained_cfg(preset["cnn_name"]), get_pretrained_cfg(preset["vit_name"])
+    assert (cnn.mean, cnn.std) == (vit.mean, vit.std), "a preset's backbones share their normalisation"
+    mean, std = list(cnn.mean), list(cnn.std)
+    assert pretrained_normalization(variant, 3) == {"mean": mean, "std": std}
+    assert pretrained_normalization(variant, 1) == {"mean": [sum(mean) / 3], "std": [sum(std) / 3]}
+    assert pretrained_normalization(variant, 4) == {"mean": mean + mean[:1], "std": std + std[:1]}
+    assert pretrained_normalization(variant, 3, cnn_name="resnetv2_50x1_bit")["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_pretrained_normalization_values_and_errors():
+    """TransFuse-S: ImageNet's statistics, exactly the floats the bundles' configs once typed (0.449 / 0.226 grey)."""
+    assert pretrained_normalization("S", 3) == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert pretrained_normalization("S", 1) == {"mean": [0.449], "std": [0.226]}
+    with pytest.raises(ValueError, match="Unknown TransFuse variant 'XL'"):
+        pretrained_normalization("XL")
+    with pytest.raises(ValueError, match="in_channels must be positive"):
+        pretrained_normalization("S", 0)
+    with pytest.raises(ValueError, match="no pretrained config with a per-channel mean and std"):
+        pretrained_normalization("S", 3, cnn_name="not_a_timm_model")
 
 @pytest.mark.parametrize("variant,cnn_channels,embed_dim,depth", [("L", 1024, 768, 10), ("L*", 1024, 768, 12)])
 def test_large_variants_build(variant, cnn_channels, embed_dim, depth):

@@ -105,8 +105,8 @@ def load_bundle_network(
 
     Returns:
         The network in eval mode on the CPU, and the input shape ``(C, *spatial)``: the network's input channels
-        (``metadata.json``'s unless an override such as ``modalities`` changes them), spatial size from the
-        ``image_size`` override or the first two axes of ``metadata.json``'s ``spatial_shape``.
+        (``metadata.json``'s unless an override such as ``modalities`` changes them) and its ``image_size`` (the
+        override, else the first two axes of ``metadata.json``'s ``spatial_shape``, which the config reads).
 
     Raises:
         FileNotFoundError: the bundle's configs or the checkpoint do not exist (checked before anything is built,
@@ -126,10 +126,26 @@ def load_bundle_network(
     parser["bundle_root"] = str(root)
     parser.update(overrides)
     net = load_transfuse_checkpoint(parser.get_parsed_content("network_def"), ckpt, map_location="cpu")
-    image = next(iter(json.loads(meta.read_text())["network_data_format"]["inputs"].values()))
-    # the network takes 2D inputs: the first two axes (a volume bundle's, prostate's, add a free depth "*")
-    spatial = tuple(int(s) for s in overrides.get("image_size", image["spatial_shape"][:2]))
+    # the network's 2D input size: the override, else the first two axes of metadata.json's spatial_shape
+    spatial = tuple(int(s) for s in parser.get_parsed_content("image_size"))
     return net.cpu().eval(), (int(net.in_channels), *spatial)
+
+
+#: ``inference.json`` ids embedded in the TorchScript file as values rather than expressions: they are computed with
+#: timm (the backbone's pretrained input normalisation), which runtimes that only run the exported network (MONAI
+#: Deploy's) do not install
+RESOLVED_IDS = ("normalization",)
+
+
+def _resolved_ids(bundle_dir: Path, **overrides) -> dict:
+    """The values of :data:`RESOLVED_IDS` that the bundle's ``inference.json`` defines, with ``overrides``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle_dir)
+    parser.update(overrides)
+    return {key: parser.get_parsed_content(key) for key in RESOLVED_IDS if key in parser}
 
 
 def _exported_metadata(meta: Path, shape: Sequence[int], bundle_dir: Path, **overrides) -> dict | None:
@@ -275,7 +291,8 @@ def export_torchscript(
         filepath: the ``.ts`` file to write.
         ckpt: the weights (default ``<bundle>/models/model.pt``), see :func:`load_bundle_network`.
         atol: largest allowed absolute difference from eager PyTorch.
-        overrides: config ids to override (e.g. ``image_size``); the embedded ``inference.json`` carries them too.
+        overrides: config ids to override (e.g. ``image_size``); the embedded ``inference.json`` carries them too,
+            and the values of :data:`RESOLVED_IDS` (the input normalisation, from timm).
 
     Returns:
         The max abs difference between the TorchScript module and eager PyTorch on a random batch of 2.
@@ -296,11 +313,13 @@ def export_torchscript(
             weights = Path(tmp_dir) / "model.pt"
             torch.save(net.state_dict(), weights)
             config_file = infer
-            if overrides:
+            embedded = {**overrides, **_resolved_ids(root, **overrides)}
+            if embedded:
                 # ckpt_export embeds the config file as written: embed the overridden one, so consumers of the
-                # TorchScript file (MONAI Deploy) use the same settings (e.g. image_size) as the exported network
+                # TorchScript file (MONAI Deploy) use the same settings (e.g. image_size) as the exported network,
+                # with the values they cannot compute without timm (RESOLVED_IDS)
                 config = json.loads(infer.read_text())
-                config.update(overrides)
+                config.update(embedded)
                 config_file = Path(tmp_dir) / infer.name
                 config_file.write_text(json.dumps(config, indent=4))
             # TorchScript archives hold their files under a folder named after the file, and MONAI Deploy's

@@ -5,6 +5,7 @@ from transfuse_monai.networks.blocks.backbones import (
     ViTEncoder,
     create_cnn_encoder,
     create_timm_model,
+    pretrained_mean_std,
     resample_pos_embed,
     select_feature_indices,
 )
@@ -23,5 +24,6 @@ __all__ = [
     "ViTEncoder",
     "create_cnn_encoder",
     "create_timm_model",
+    "pretrained_mean_std",
     "select_feature_indices",
 ]

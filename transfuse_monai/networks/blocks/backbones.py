@@ -19,6 +19,7 @@ except ImportError:  # runtimes that only run exported TorchScript (the MONAI De
 
 __all__ = [
     "create_timm_model",
+    "pretrained_mean_std",
     "select_feature_indices",
     "create_cnn_encoder",
     "resample_pos_embed",
@@ -68,6 +69,50 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | os.Pat
             return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         source.check_reachable()
     return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def pretrained_mean_std(name: str, in_channels: int = 3) -> dict[str, list[float]]:
+    """The input normalisation of timm model ``name``'s default pretrained weights, for ``in_channels`` channels.
+
+    The per-channel ``mean`` and ``std`` come from the model's ``pretrained_cfg`` (the weights
+    :func:`create_timm_model` loads with ``pretrained=True``: ImageNet's ``(0.485, 0.456, 0.406)`` /
+    ``(0.229, 0.224, 0.225)`` for ResNet-34 and DeiT, ``0.5`` for BiT and ViT-augreg), adapted to another number of
+    input channels as timm adapts the pretrained first convolution (``timm.models.adapt_input_conv``): one channel
+    sums the colour filters, so a grey input stands for all colours and takes their average statistics (ImageNet:
+    ``0.449`` / ``0.226``, ``sum(values) / len(values)``, which gives exactly these floats); with more channels timm
+    repeats the colour filters cyclically, so channel ``i`` takes the statistics of colour channel ``i % 3``.
+
+    Args:
+        name: timm model name, e.g. ``"resnet34"`` (a tag such as ``"resnet34.tv_in1k"`` selects specific weights).
+        in_channels: number of input channels of the network.
+
+    Returns:
+        ``{"mean": [...], "std": [...]}``, one Python float per input channel (the ``subtrahend`` and ``divisor`` of
+        MONAI's ``NormalizeIntensityd`` with ``channel_wise=True``).
+
+    Raises:
+        ModuleNotFoundError: timm is not installed (a runtime that only runs an exported TorchScript file).
+        ValueError: ``in_channels`` is not positive, or ``name`` has no pretrained config with a mean and std.
+    """
+    if int(in_channels) < 1:
+        raise ValueError(f"in_channels must be positive, got {in_channels}.")
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"The input normalisation of '{name}' comes from timm's pretrained config, and timm is not installed. "
+            "Install timm, or use a TorchScript file exported with `python -m transfuse_monai.export`, whose "
+            "embedded inference.json carries the values."
+        ) from err
+    cfg = get_pretrained_cfg(name)
+    mean, std = (getattr(cfg, "mean", None), getattr(cfg, "std", None)) if cfg is not None else (None, None)
+    if not mean or not std or len(mean) != len(std):
+        raise ValueError(f"timm model '{name}' has no pretrained config with a per-channel mean and std.")
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if int(in_channels) == 1 and len(mean) > 1:
+        return {"mean": [sum(mean) / len(mean)], "std": [sum(std) / len(std)]}
+    return {"mean": [mean[i % len(mean)] for i in range(in_channels)],
+            "std": [std[i % len(std)] for i in range(in_channels)]}
 
 
 class _PretrainedSource:

@@ -6,7 +6,7 @@ from transfuse_monai.networks.nets.checkpoint import (
     resample_pos_embed_in_state_dict,
 )
 from transfuse_monai.networks.nets.convert import convert_authors_state_dict
-from transfuse_monai.networks.nets.transfuse import TRANSFUSE_PRESETS, TransFuse
+from transfuse_monai.networks.nets.transfuse import TRANSFUSE_PRESETS, TransFuse, pretrained_normalization
 
 __all__ = [
     "resample_pos_embed_in_state_dict",
@@ -15,4 +15,5 @@ __all__ = [
     "convert_authors_state_dict",
     "is_authors_state_dict",
     "load_transfuse_checkpoint",
+    "pretrained_normalization",
 ]

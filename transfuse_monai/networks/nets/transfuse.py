@@ -20,11 +20,16 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.utils import ensure_tuple_rep
 
-from transfuse_monai.networks.blocks.backbones import ViTEncoder, create_cnn_encoder, resample_pos_embed
+from transfuse_monai.networks.blocks.backbones import (
+    ViTEncoder,
+    create_cnn_encoder,
+    pretrained_mean_std,
+    resample_pos_embed,
+)
 from transfuse_monai.networks.blocks.bifusion import BIFUSION_COMPONENTS, BiFusion
 from transfuse_monai.networks.blocks.upsample import AttentionGatedUpBlock, ResidualUpBlock
 
-__all__ = ["TRANSFUSE_PRESETS", "TransFuse"]
+__all__ = ["TRANSFUSE_PRESETS", "TransFuse", "pretrained_normalization"]
 
 #: Backbone presets of the paper's variants: CNN (timm name), transformer (timm name), transformer depth.
 TRANSFUSE_PRESETS: dict[str, dict] = {
@@ -32,6 +37,39 @@ TRANSFUSE_PRESETS: dict[str, dict] = {
     "L": {"cnn_name": "res2net50_26w_4s", "vit_name": "deit_base_patch16_224", "depth": 10},
     "L*": {"cnn_name": "resnetv2_50x1_bit", "vit_name": "vit_base_patch16_224", "depth": 12},
 }
+
+
+def pretrained_normalization(
+    variant: str = "S", in_channels: int = 3, cnn_name: str | None = None
+) -> dict[str, list[float]]:
+    """The input normalisation that a TransFuse ``variant``'s pretrained backbones expect, per input channel.
+
+    The values are those of the timm ``pretrained_cfg`` of the variant's CNN (``cnn_name`` overrides the preset's),
+    adapted to ``in_channels`` as timm adapts the pretrained first convolution (see
+    :func:`~transfuse_monai.networks.blocks.pretrained_mean_std`): ImageNet's mean and std for ``"S"`` and ``"L"``
+    (RGB, or their averages ``0.449`` / ``0.226`` for one grey channel), ``0.5`` / ``0.5`` for ``"L*"``. The presets
+    pair a CNN and a transformer pretrained with the same normalisation. The bundles read it once per config::
+
+        "normalization": "$transfuse_monai.networks.pretrained_normalization(@variant, @task.in_channels)",
+        {"_target_": "NormalizeIntensityd", "keys": "image", "subtrahend": "$@normalization['mean']",
+         "divisor": "$@normalization['std']", "channel_wise": true}
+
+    Args:
+        variant: ``"S"``, ``"L"`` or ``"L*"`` (:data:`TRANSFUSE_PRESETS`).
+        in_channels: number of input channels of the network.
+        cnn_name: timm CNN name overriding the preset's, as in :class:`TransFuse`.
+
+    Returns:
+        ``{"mean": [...], "std": [...]}``, one Python float per input channel.
+
+    Raises:
+        ValueError: an unknown variant, or a CNN without a pretrained mean and std.
+        ModuleNotFoundError: timm is not installed.
+    """
+    if variant not in TRANSFUSE_PRESETS:
+        raise ValueError(f"Unknown TransFuse variant '{variant}'; choose one of {sorted(TRANSFUSE_PRESETS)}.")
+    return pretrained_mean_std(cnn_name or TRANSFUSE_PRESETS[variant]["cnn_name"], in_channels)
+
 
 _RELU = ("relu", {"inplace": True})
 PATCH_SIZE = 16
