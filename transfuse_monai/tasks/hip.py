@@ -5,7 +5,7 @@
 Classes (mask values): 0 background, 1 pelvis, 2 left femur, 3 right femur. "Left" and "right" are the **patient's**
 sides: on a standard antero-posterior (AP) radiograph, displayed as usual, the patient's left femur appears on the
 **right** half of the image. Every transform keeps this: the only horizontal flip of the bundle,
-:class:`RandHorizontalFlipSwapd`, swaps the two femur labels as it mirrors the image.
+:class:`~transfuse_monai.transforms.RandHorizontalFlipSwapd`, swaps the two femur labels as it mirrors the image.
 
 Data: a JSON datalist in MONAI's decathlon convention (read by :func:`monai.data.load_decathlon_datalist`), by default
 ``<dataset_dir>/datalist.json``::
@@ -32,6 +32,7 @@ MONOCHROME1 inverted), the spacing given by :class:`~transfuse_monai.transforms.
 :class:`~transfuse_monai.transforms.RandHorizontalFlipSwapd`; the split command is ``python -m transfuse_monai.data
 split`` (the paper's random 7:1:2 split, with ``--spacing`` for a default spacing).
 """
+
 from __future__ import annotations
 
 import os
