@@ -10,6 +10,8 @@ gzip time stamp do not count). Run it on the code before and after a change, on 
     python .ci/behaviour_snapshot.py --output after.json
     python .ci/behaviour_snapshot.py --compare before.json after.json [--tolerance 1e-6]
 
+Wall-clock timings (``seconds_summary.json``) are not behaviour and are left out.
+
 A comparison lists every metric that differs by more than the tolerance and every mask that differs, and exits
 with 1 when there is any.
 """
@@ -30,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("polyp", "isic2017", "hip", "prostate")
 COMMON = ["--num_workers", "0"]
+#: Summaries of wall-clock time (seconds per volume): not behaviour, left out of the snapshot.
+TIMING_SUMMARIES = ("seconds_summary.json",)
 
 
 def bundle(repo: Path, *args: str) -> None:
@@ -82,15 +86,16 @@ def inference_input(task_name: str, data_root: Path, work: Path) -> list[str]:
         listing.write_text(json.dumps({"testing": [{"image": d["image"]} for d in items]}))
         return ["--input_dir", str(listing)]
     if task_name == "polyp":
-        items = [d for group in task.test_datalists(data_root, list(task.demo_sample["test_sets"])).values() for d in group]
+        groups = task.test_datalists(data_root, list(task.demo_sample["test_sets"]))
     else:
-        items = task.datalist(data_root, "test", validate=False)
+        groups = {"test": task.datalist(data_root, "test", validate=False)}
     folder = work / "to_segment"
     folder.mkdir(parents=True, exist_ok=True)
-    for d in items:
-        link = folder / Path(d["image"]).name
-        if not link.exists():
-            link.symlink_to(d["image"])
+    for group, items in groups.items():  # the PraNet test sets reuse file names: one link per set and name
+        for d in items:
+            link = folder / f"{group}_{Path(d['image']).name}"
+            if not link.exists():
+                link.symlink_to(d["image"])
     return ["--input_dir", str(folder)]
 
 
@@ -101,7 +106,8 @@ def snapshot_task(repo: Path, task_name: str, work: Path) -> dict:
     start = time.perf_counter()
     bundle(repo, "training", "--config_file", str(configs / "train.json"), *dirs, *COMMON)
     bundle(repo, "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']", *dirs, *COMMON)
-    summaries = {p.name: flatten(json.loads(p.read_text())) for p in sorted((work / "eval").glob("*summary*.json"))}
+    summaries = {p.name: flatten(json.loads(p.read_text())) for p in sorted((work / "eval").glob("*summary*.json"))
+                 if p.name not in TIMING_SUMMARIES}
     data_root = work / "eval" / "demo_data"
     bundle(repo, "--config_file", str(configs / "inference.json"), "--ckpt_dir", str(work / "models"),
            "--output_dir", str(work / "pred"), *inference_input(task_name, data_root, work), *COMMON)
@@ -119,7 +125,7 @@ def compare(before: dict, after: dict, tolerance: float) -> int:
         if a is None or b is None:
             problems.append(f"{task}: only in {'before' if a is None else 'after'}")
             continue
-        for name in sorted(set(b["summaries"]) | set(a["summaries"])):
+        for name in sorted((set(b["summaries"]) | set(a["summaries"])) - set(TIMING_SUMMARIES)):
             bs, as_ = b["summaries"].get(name, {}), a["summaries"].get(name, {})
             for key in sorted(set(bs) | set(as_)):
                 x, y = bs.get(key), as_.get(key)
