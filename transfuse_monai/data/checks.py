@@ -32,6 +32,7 @@ __all__ = [
     "check_picture",
     "check_volume",
     "mask_value_problem",
+    "raise_problems",
     "InferenceInputs",
     "REPORT_NAME",
 ]
@@ -62,6 +63,14 @@ class PictureCheck(NamedTuple):
     size: tuple[int, int] | None
     problems: list[str]
     empty: bool = False
+
+
+def raise_problems(problems: Sequence[str], context: str) -> None:
+    """Raise one :class:`ValueError` listing every problem found (one line each) after ``context``; nothing when
+    ``problems`` is empty. The start-up checks report all they find at once, before any work is spent."""
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ValueError(f"{context}: found {len(problems)} problem(s):\n{lines}")
 
 
 def mask_value_problem(values: Sequence[float], num_classes: int) -> str | None:

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .checks import check_picture
+from .checks import check_picture, raise_problems
 from .formats import IMAGE_EXTENSIONS, file_stem
 from transfuse_monai.utils.io import absolute_path
 
@@ -77,13 +77,6 @@ def scan_images(
     unique = {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
     duplicates = {stem: sorted(paths) for stem, paths in found.items() if len(paths) > 1}
     return unique, duplicates
-
-
-def _raise_problems(problems: list[str], context: str) -> None:
-    """Raise a single :class:`ValueError` listing ``problems`` (no-op when empty)."""
-    if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ValueError(f"{context}: found {len(problems)} problem(s):\n{lines}")
 
 
 def _collect_problems(
@@ -171,7 +164,7 @@ def validate_datalist(
     if not datalist:
         raise ValueError("Datalist is empty: no image/mask pairs to validate.")
     problems = _collect_problems(datalist, check_sizes, image_key, label_key, channels, num_classes)
-    _raise_problems(problems, "Invalid datalist")
+    raise_problems(problems, "Invalid datalist")
     return datalist
 
 
@@ -257,7 +250,7 @@ def build_image_mask_datalist(
 
     if validate:
         problems += _collect_problems(datalist, check_sizes, "image", "label", channels, num_classes)
-    _raise_problems(problems, f"Invalid image/mask folders '{images_path}' / '{masks_path}'")
+    raise_problems(problems, f"Invalid image/mask folders '{images_path}' / '{masks_path}'")
     return datalist
 
 

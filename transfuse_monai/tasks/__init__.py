@@ -1,9 +1,12 @@
-"""Segmentation tasks: one module per dataset (layout, datalists, checks, generated sample, classes).
+"""Segmentation tasks: one declaration per dataset (classes, channels, layout and splits, checks, sample parameters).
 
 ``get_task(name)`` returns the task a bundle declares in its config (``"task": "$transfuse_monai.tasks.get_task('polyp')"``).
 Adding a task: write ``tasks/<name>.py`` with a :class:`SegmentationTask` subclass decorated with
-:func:`register_task`, and add its import line below.
+:func:`register_task`; every module of this package is imported (and so registered) with the package.
 """
+
+import importlib
+import pkgutil
 
 from transfuse_monai.tasks.base import (
     DEMO_MARKER,
@@ -15,11 +18,14 @@ from transfuse_monai.tasks.base import (
     register_task,
 )
 
-# one line per task: importing the module registers it
+# the tasks of this repository, by name for ``from transfuse_monai.tasks import PolypTask``
 from transfuse_monai.tasks.polyp import PRANET_TEST_SETS, PolypTask
 from transfuse_monai.tasks.isic2017 import ISIC2017_SPLITS, ISIC2017Task
 from transfuse_monai.tasks.hip import HIP_CLASSES, HipTask
 from transfuse_monai.tasks.prostate import MSD_TASK, NUM_FOLDS, ProstateTask
+
+for _module in pkgutil.iter_modules(__path__):  # importing a task module registers its task
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "DEMO_MARKER",

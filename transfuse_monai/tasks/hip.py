@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from transfuse_monai.data.checks import raise_problems
 from transfuse_monai.data.datalists import decathlon_items, read_json_datalist
 from transfuse_monai.data.readers import RADIOGRAPH_EXTENSIONS, probe_radiograph, read_radiograph
 from transfuse_monai.data.synthetic import draw_hip, resolve_sizes, write_dicom, write_nifti_2d
@@ -124,13 +125,13 @@ class HipTask(SegmentationTask):
             if not isinstance(entry, Mapping) or "image" not in entry or "label" not in entry
         ]
         if malformed:
-            self._raise(path, split, malformed)
+            raise_problems(malformed, f"hip datalist '{path}', split '{split}'")
         items = decathlon_items(path, key, base_dir=os.path.expanduser(os.fspath(root)))
         problems = self._attach_spacing(items, content.get("spacing"), f"'{key}' entry")
         if validate:
             problems += self._check(items, require_spacing)
         if problems:
-            self._raise(path, split, problems)
+            raise_problems(problems, f"hip datalist '{path}', split '{split}'")
         return items
 
     def inference_datalist(self, source: str | os.PathLike, split: str = "test") -> list[dict]:
@@ -179,11 +180,6 @@ class HipTask(SegmentationTask):
             except ValueError as err:
                 problems.append(str(err))
         return problems
-
-    @staticmethod
-    def _raise(path: Path, split: str, problems: Sequence[str]) -> None:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ValueError(f"hip datalist '{path}', split '{split}': found {len(problems)} problem(s):\n{lines}")
 
     def input_problems(self, path: str | os.PathLike) -> list[str]:
         """Why the inference input ``path`` cannot be segmented (empty when it can): a file this task does not

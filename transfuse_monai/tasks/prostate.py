@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfuse_monai.data.checks import VolumeCheck, check_volume
+from transfuse_monai.data.checks import VolumeCheck, check_volume, raise_problems
 from transfuse_monai.data.datalists import assign_folds, decathlon_items, read_json_datalist
 from transfuse_monai.data.formats import NIFTI_EXTENSIONS, file_stem
 from transfuse_monai.data.synthetic import draw_prostate
@@ -309,9 +309,7 @@ class ProstateTask(SegmentationTask):
                 UserWarning,
                 stacklevel=2,
             )
-        if problems:
-            lines = "\n".join(f"  - {p}" for p in problems)
-            raise ValueError(f"{context}: found {len(problems)} problem(s):\n{lines}")
+        raise_problems(problems, context)
         return list(datalist)
 
     def input_problems(self, path: str | os.PathLike) -> list[str]:
