@@ -13,8 +13,6 @@ import contextlib
 import json
 import math
 import os
-import platform
-import re
 import shlex
 import signal
 import statistics
@@ -59,20 +57,23 @@ def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def hardware() -> dict:
+    """The library's hardware probe (:func:`transfuse_monai.utils.hardware.probe`) as a dict: CPU, usable ISA,
+    native bf16 / int8, CUDA devices. Every results file records it."""
+    from transfuse_monai.utils.hardware import probe
+
+    return probe().as_dict()
+
+
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or platform.machine()
+    """The CPU's model name, as the hardware probe reads it."""
+    return hardware()["cpu"]
 
 
 def cpu_isa() -> str:
-    """The instruction set PyTorch's CPU kernels were dispatched to (``DEFAULT``, ``AVX2``, ``AVX512``, ...)."""
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability()
+    """PyTorch's CPU kernel level and the CPU's class: ``"AVX512 (AVX512-BF16)"``, ``"AVX2 (AVX2)"``, ..."""
+    info = hardware()
+    return f"{info['torch_capability']} ({info['cpu_kind']})"
 
 
 def versions(*modules: str) -> dict[str, str | None]:
@@ -139,9 +140,11 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence] = (), align: str = 
 
 # ------------------------------------------------------------------------------------------------------------ files
 def write_results(out: Path, report: str, data: dict, stem: str = "results", note: str = "") -> None:
-    """Write ``<out>/<stem>.md`` (``report``) and ``<out>/<stem>.json`` (``data``), each atomically, and say so."""
+    """Write ``<out>/<stem>.md`` (``report``) and ``<out>/<stem>.json`` (``data`` with the :func:`hardware` probe),
+    each atomically, and say so."""
     from transfuse_monai.utils.io import atomic_write_json, atomic_write_text
 
+    data = {"hardware": hardware(), **data}
     md, js = atomic_write_text(out / f"{stem}.md", report), atomic_write_json(out / f"{stem}.json", data)
     print(f"written: {md}, {js}" + (f" ({note})" if note else ""), flush=True)
 

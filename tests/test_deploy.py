@@ -154,6 +154,7 @@ def small_bundle(bundle: str, tmp_path: Path, image: Path, **overrides) -> tuple
     spec = next(iter(json.loads(meta_file.read_text())["network_data_format"]["inputs"].values()))
     config = ConfigParser.load_config_file(str(root / "configs" / "inference.json"))
     config["image_size"] = small_size(spec["spatial_shape"][:2])  # the 2D network's size, stated in the metadata
+    config["amp"] = False  # the reference of the Deploy apps, which run the TorchScript export in float32
     config.update(overrides)
     config_file = tmp_path / "configs" / "inference.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)

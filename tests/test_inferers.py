@@ -186,13 +186,14 @@ def test_bundle_fast_path_flags_on_cpu(bundle, size, config):
     engines = ("train#trainer", "validate#evaluator") if config == "train.json" else ("evaluator",)
     for engine in engines:  # building the engines needs data; their arguments are checked as written
         assert parser.get(f"{engine}#amp") == "$@fast_paths.engine_amp"
+        assert parser.get(f"{engine}#amp_kwargs") == "$@fast_paths.engine_amp_kwargs"
         assert parser.get(f"{engine}#compile") == "$@fast_paths.compile"
     assert parser.get_parsed_content("fast_paths").compile is True
 
-    for overrides in ({}, {"amp": "true", "channels_last": "false", "device": "cpu"}):  # Label: device as a string
+    for overrides in ({"amp": "false"}, {"amp": "true", "channels_last": "false", "device": "cpu"}):  # Label: str
         parser = parse(**overrides)
         inferer = parser.get_parsed_content(f"{prefix}inferer")
-        assert inferer.enabled == bool(overrides) and not inferer.channels_last
+        assert inferer.enabled == (overrides["amp"] == "true") and not inferer.channels_last
         conv = next(m for m in parser.get_parsed_content("network").modules() if isinstance(m, nn.Conv2d))
         assert conv.weight.is_contiguous()
         assert parser.get_parsed_content("fast_paths").compile is False

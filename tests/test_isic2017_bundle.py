@@ -280,6 +280,7 @@ def test_evaluate_runs_on_the_authors_checkpoint_with_one_override(work, authors
         config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], workflow_type=None,
         init_ckpt=str(path), dataset_dir=str(data), eval_split="val", num_workers=0,
         ckpt_dir=str(no_models), output_dir=str(tmp_path / "eval"),
+        amp=False,  # compared with the authors' float32 forward pass below
     )
     wf.initialize()
     wf.run()

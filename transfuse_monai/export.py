@@ -135,6 +135,10 @@ def load_bundle_network(
 #: timm (the backbone's pretrained input normalisation), which runtimes that only run the exported network (MONAI
 #: Deploy's) do not install
 RESOLVED_IDS = ("normalization",)
+#: ``inference.json`` ids the TorchScript file embeds with a fixed value unless overridden: the exported graph is
+#: verified against eager float32, and runtimes that load it (MONAI Deploy) run it in float32 (the bundle's ``"auto"``
+#: precision applies to its own eager network)
+EXPORTED_DEFAULTS = {"amp": False}
 
 
 def _resolved_ids(bundle_dir: Path, **overrides) -> dict:
@@ -313,7 +317,7 @@ def export_torchscript(
             weights = Path(tmp_dir) / "model.pt"
             torch.save(net.state_dict(), weights)
             config_file = infer
-            embedded = {**overrides, **_resolved_ids(root, **overrides)}
+            embedded = {**EXPORTED_DEFAULTS, **overrides, **_resolved_ids(root, **overrides)}
             if embedded:
                 # ckpt_export embeds the config file as written: embed the overridden one, so consumers of the
                 # TorchScript file (MONAI Deploy) use the same settings (e.g. image_size) as the exported network,

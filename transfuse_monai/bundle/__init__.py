@@ -4,12 +4,21 @@ states (:func:`network_input_size`) and the check that its trained weights exist
 Dataset-specific code is in :mod:`transfuse_monai.tasks`."""
 
 from transfuse_monai.bundle.metadata import network_input_size
-from transfuse_monai.bundle.options import FastPaths, as_bool, default_num_workers, place_network
+from transfuse_monai.bundle.options import (
+    FastPaths,
+    Precision,
+    as_bool,
+    choose_precision,
+    default_num_workers,
+    place_network,
+)
 from transfuse_monai.bundle.paths import find_bundle_root
 from transfuse_monai.bundle.weights import require_weights
 
 __all__ = [
     "FastPaths",
+    "Precision",
+    "choose_precision",
     "as_bool",
     "default_num_workers",
     "find_bundle_root",
