@@ -43,6 +43,9 @@ Paths (``--paths``; a path is a ``+``-joined set of modifiers, e.g. ``channels_l
   segmentation head in float32), calibrated on 4 random images (the weights are random too); judged like the
   reduced-precision paths (mask flips, which a random-weight network's near-zero logits make meaningless for int8).
   ``python -m benchmarks int8-parity`` measures a trained checkpoint on real images. CPU only.
+* ``auto``: what the bundles' ``--amp auto`` runs on the device (``transfuse_monai.bundle.choose_precision``: bf16
+  with channels-last on CPUs with native bf16, eager fp32 on the others, autocast on CUDA); the row records the
+  concrete path (``resolved``) and the reason.
 * ``trt``: TensorRT through MONAI's ``convert_to_trt`` (the converter behind ``monai.bundle trt_export``), fp16 or fp32
   (``trt+fp32``). CUDA only; on a machine without GPU it is reported as skipped.
 

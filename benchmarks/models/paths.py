@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from transfuse_monai.export import INT8_FLOAT_MODULES
 
 REFERENCE_PATH = "eager"
-MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32", "cudagraphs", "int8")
+MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32", "cudagraphs", "int8",
+             "auto")
 # compile is opt-in (--paths ... compile): inductor takes minutes per model and input shape on 2 cores
-DEFAULT_PATHS = ("eager", "channels_last", "bf16", "channels_last+bf16", "sdpa", "no_sdpa", "onnx", "fp16",
+DEFAULT_PATHS = ("eager", "channels_last", "bf16", "channels_last+bf16", "auto", "sdpa", "no_sdpa", "onnx", "fp16",
                  "channels_last+fp16", "trt")
 TOL_FP32 = 1e-4  # fp32 paths: max |diff| <= TOL_FP32 * max(1, max|eager|)
 MAX_FLIP_PCT_HALF = 0.5  # reduced-precision paths: at most this share (%) of mask pixels (logit > 0) may flip
@@ -73,6 +74,8 @@ def parse_path(path: str) -> frozenset[str]:
     unknown = mods - set(MODIFIERS)
     if unknown:
         raise ValueError(f"unknown path modifier(s) {sorted(unknown)} in '{path}'; choose from {MODIFIERS}")
+    if "auto" in mods and len(mods) > 1:
+        raise ValueError(f"'{path}': 'auto' stands alone (the bundles' default precision, resolved per device)")
     if {"bf16", "fp16"} <= mods or {"sdpa", "no_sdpa"} <= mods or {"onnx", "trt"} <= mods:
         raise ValueError(f"contradictory path '{path}'")
     if "fp32" in mods and "trt" not in mods:
@@ -84,6 +87,20 @@ def parse_path(path: str) -> frozenset[str]:
     if "int8" in mods and "onnx" not in mods:
         raise ValueError(f"'{path}': 'int8' qualifies 'onnx' (ONNX Runtime static int8 quantisation)")
     return mods
+
+
+def resolve_auto(mods: frozenset[str], device: torch.device) -> tuple[frozenset[str], str]:
+    """The concrete modifiers of the ``auto`` path on ``device`` (what the bundles' ``--amp auto`` runs, from
+    :func:`transfuse_monai.bundle.choose_precision`) and the reason; other paths are returned as they are."""
+    if "auto" not in mods:
+        return mods, ""
+    from transfuse_monai.bundle import FastPaths
+
+    fast = FastPaths(device, "auto")
+    if not fast.amp:
+        return frozenset(), fast.precision.reason
+    dtype = "bf16" if fast.precision.dtype == torch.bfloat16 else "fp16"
+    return frozenset({dtype, "channels_last"} if fast.channels_last else {dtype}), fast.precision.reason
 
 
 def is_reduced_precision(mods: frozenset[str]) -> bool:

@@ -28,7 +28,7 @@ def add_flops(rows: list[dict], peaks: dict[str, float]) -> None:
         flop = 2e9 * r["gmacs"]
         b1 = flop / (r["latency_ms"]["median"] / 1000) / 1e12
         bb = flop * r["throughput_img_s"] / 1e12
-        precision = "half" if is_reduced_precision(parse_path(r["path"])) else "fp32"
+        precision = "half" if is_reduced_precision(parse_path(r.get("resolved") or r["path"])) else "fp32"
         peak = peaks.get(f"{r['device']}.{precision}")
         r["tflops"] = {"b1": b1, "bB": bb, "peak": peak, "precision": precision,
                        "fraction_b1": b1 / peak if peak else None, "fraction_bB": bb / peak if peak else None}
@@ -215,7 +215,7 @@ def rejudge(results_json: Path, out: Path, peaks: dict[str, float] | None = None
     rows, settings = data["results"], data["settings"]
     for r in rows:
         if r.get("status") == "ok" and "parity" in r:
-            r["parity"] = judge(r["parity"], parse_path(r["path"]))
+            r["parity"] = judge(r["parity"], parse_path(r.get("resolved") or r["path"]))
     settings["parity_criteria"] = {"fp32_max_diff_rel": TOL_FP32, "half_max_mask_flip_pct": MAX_FLIP_PCT_HALF}
     settings["rejudged"] = f"parity re-judged from {results_json} on {time.strftime('%Y-%m-%d %H:%M:%S')}"
     if peaks:

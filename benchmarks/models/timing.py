@@ -27,6 +27,7 @@ from benchmarks.models.paths import (
     first_output,
     parity,
     parse_path,
+    resolve_auto,
     prepare,
     sync,
 )
@@ -127,8 +128,11 @@ def bench_model(key: str, size, device: torch.device, paths: list[str], args, tm
           f"{'n/a' if gmacs is None else f'{gmacs:.2f}'} GMACs (built in {build_s:.1f} s)", flush=True)
     x1, xb = x1_cpu.to(device), xb_cpu.to(device)
     for path in paths:
-        mods = parse_path(path)
+        mods, why = resolve_auto(parse_path(path), device)
         row = {**common, "path": path, "loadavg_before": loadavg()}
+        if why:
+            row["resolved"] = "+".join(sorted(mods)) or "eager"
+            print(f"    {path}: {row['resolved']} ({why})", flush=True)
         if past_deadline(args):
             rows.append({**row, "status": "skipped", "note": TIME_LIMIT_NOTE})
             continue
@@ -157,7 +161,8 @@ def bench_model(key: str, size, device: torch.device, paths: list[str], args, tm
             tput_times = time_runner(runner, xb, args.throughput_iters, device)
             tput = batch / statistics.median(tput_times)
             rows.append({
-                **row, "status": "ok", "setup_s": runner.setup_s, "note": runner.note, "parity": par,
+                **row, "status": "ok", "setup_s": runner.setup_s, "parity": par,
+                "note": runner.note or (f"= {row['resolved']}: {why}" if why else ""),
                 "latency_ms": lat, "batch": batch, "throughput_img_s": tput,
                 "throughput_iter_ms": stats_ms(tput_times), "peak_mem_mib_b1": mem1, "peak_mem_mib_bB": memb,
                 "loadavg_after": loadavg(),
@@ -199,7 +204,7 @@ def interleaved_latency(keys: list[str], paths: list[str], size, device: torch.d
             print(f"  interleaved: {label} could not be built: {e}", flush=True)
             continue
         for path in paths:
-            mods = parse_path(path)
+            mods, _ = resolve_auto(parse_path(path), device)
             if "compile" in mods and args.compile_models != ["all"] and key not in args.compile_models:
                 continue
             try:
