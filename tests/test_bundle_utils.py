@@ -294,7 +294,7 @@ def test_fast_paths_parse_once_and_derive(device, amp, channels_last, expected):
 
 
 def test_fast_paths_reject_bad_strings():
-    with pytest.raises(ValueError, match="'sometimes' as a boolean"):
+    with pytest.raises(ValueError, match="amp must be true, false or auto, got 'sometimes'"):
         FastPaths("cpu", amp="sometimes")
     with pytest.raises(ValueError, match="'perhaps' as a boolean"):
         FastPaths("cpu", channels_last="perhaps")
