@@ -106,7 +106,8 @@ def test_ids_of_several_bundles_are_identical(name):
                           f"PER_TASK_IDS with a reason): {sorted(differing)}\n{json.dumps(differing, indent=1)[:3000]}"
 
 
-@pytest.mark.parametrize("name", ("multi_gpu_train.json", "multi_gpu_evaluate.json", "inference_onnx.json"))
+@pytest.mark.parametrize("name", ("multi_gpu_train.json", "multi_gpu_evaluate.json", "inference_onnx.json",
+                                  "inference_openvino.json"))
 def test_configs_without_task_settings_are_one_file(name):
     """A layer that holds no task setting is the same file in every bundle (a copy: each bundle folder stands alone)."""
     texts = {b: (REPO / "bundles" / b / "configs" / name).read_text() for b in BUNDLES}

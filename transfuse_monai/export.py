@@ -28,6 +28,15 @@ thresholded masks::
 
 ``inference_onnx.json`` keeps ``inference.json``'s pre- and post-processing and replaces its network with
 :class:`~transfuse_monai.inferers.OnnxRuntimeNetwork` (``--onnx_path`` selects another file, e.g. ``model.onnx``).
+
+``openvino`` (opt-in, needs ``pip install 'transfuse-monai[openvino]'``) writes the OpenVINO IR ``model.xml`` /
+``model.bin``, converted from the network by OpenVINO's PyTorch frontend and checked in float32 against eager
+PyTorch; ``inference_openvino.json`` runs it with :class:`~transfuse_monai.inferers.OpenVINONetwork`, in the precision
+the CPU plugin picks for the hardware (bfloat16 on CPUs with AMX or AVX512-BF16; ``--openvino_precision f32``
+forces float32)::
+
+    python -m transfuse_monai.export bundles/polyp --formats openvino
+    python -m monai.bundle run --config_file "['configs/inference.json','configs/inference_openvino.json']"
 """
 
 from __future__ import annotations
@@ -67,8 +76,9 @@ __all__ = [
     "main",
 ]
 
-FORMATS = ("torchscript", "onnx", "onnx-int8")
-#: formats exported when none is named (``onnx-int8`` needs calibration images and minutes: opt-in)
+FORMATS = ("torchscript", "onnx", "onnx-int8", "openvino")
+#: formats exported when none is named (``onnx-int8`` needs calibration images and minutes, ``openvino`` the optional
+#: OpenVINO package: opt-in)
 DEFAULT_FORMATS = ("torchscript", "onnx")
 #: operators quantised to int8 (convolutions, the Linear layers of attention, MLPs and BiFusion); element-wise
 #: operators, normalisations, softmax, resizes and, by default, attention's products of two activations stay in float32
@@ -377,6 +387,89 @@ def export_onnx(
     return export_onnx_model(net, filepath, shape, atol=atol, opset=opset)
 
 
+def export_openvino_model(
+    net: torch.nn.Module, filepath: str | os.PathLike, input_shape: Sequence[int], atol: float = 1e-4
+) -> dict:
+    """Convert ``net`` to an OpenVINO IR (``.xml`` + ``.bin``, dynamic batch) with OpenVINO's PyTorch frontend, and
+    verify it before anything is moved into place.
+
+    The IR is compiled in float32 (``INFERENCE_PRECISION_HINT`` ``f32``) and must match eager PyTorch within
+    ``atol`` on a random batch of 2. It is then compiled with the CPU's default precision (bfloat16 on CPUs with AMX
+    or AVX512-BF16), which is what :class:`~transfuse_monai.inferers.OpenVINONetwork` runs by default, and the mask
+    Dice of that run against eager is reported. Both files are written in a temporary folder beside ``filepath``
+    and moved into place (``.bin`` first) only when the check passes.
+
+    Args:
+        net: the network (set to eval mode, moved to the CPU).
+        filepath: the ``.xml`` file to write (the ``.bin`` goes beside it).
+        input_shape: ``(C, *spatial)`` of one input.
+        atol: largest allowed absolute difference of the float32 IR from eager PyTorch.
+
+    Returns:
+        ``{"max_abs_error": float32 difference, "default_precision": str, "default_mask_dice": mean Dice}``.
+
+    Raises:
+        ModuleNotFoundError: OpenVINO is not installed.
+        ValueError: ``filepath`` does not end in ``.xml``.
+        RuntimeError: the float32 IR differs from eager PyTorch by more than ``atol`` (nothing is written).
+    """
+    try:
+        import openvino as ov
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError("the openvino format needs OpenVINO: pip install 'transfuse-monai[openvino]'.") from err
+
+    from transfuse_monai.inferers.openvino import precision_name
+
+    final = Path(filepath)
+    if final.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR is written as '<name>.xml' (with '<name>.bin' beside it), got '{final}'.")
+    net = net.cpu().eval()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.stem}.") as tmp:
+        xml = Path(tmp) / final.name
+        with torch.no_grad(), _preserved_rng():
+            model = ov.convert_model(net, example_input=torch.randn(2, *input_shape),
+                                     input=[ov.PartialShape([-1, *input_shape])])
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        core = ov.Core()
+        x = torch.randn(2, *input_shape)
+        with torch.no_grad():
+            ref = net(x).numpy()
+        exact = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        err = float(np.abs(exact(x.numpy())[exact.output(0)] - ref).max())
+        if not err <= atol:  # also catches NaN
+            raise RuntimeError(f"OpenVINO (f32) output differs from eager PyTorch by {err:.3g} (> atol={atol:g}).")
+        default = core.compile_model(str(xml), "CPU")
+        dice = float(mask_dice(np.asarray(default(x.numpy())[default.output(0)]), ref).mean())
+        os.replace(xml.with_suffix(".bin"), final.with_suffix(".bin"))
+        os.replace(xml, final)
+    return {"max_abs_error": err, "default_precision": precision_name(default), "default_mask_dice": dice}
+
+
+def export_openvino(
+    bundle_dir: str | os.PathLike,
+    filepath: str | os.PathLike,
+    ckpt: str | os.PathLike | None = None,
+    atol: float = 1e-4,
+    **overrides,
+) -> dict:
+    """Export a bundle's network as an OpenVINO IR with :func:`export_openvino_model` and verify it.
+
+    Args:
+        bundle_dir: the bundle folder.
+        filepath: the ``.xml`` file to write.
+        ckpt: the weights (default ``<bundle>/models/model.pt``), see :func:`load_bundle_network`.
+        atol: largest allowed absolute difference of the float32 IR from eager PyTorch.
+        overrides: config ids to override (e.g. ``image_size``).
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: see :func:`load_bundle_network`.
+        RuntimeError: the outputs differ by more than ``atol`` (nothing is written).
+    """
+    net, shape = load_bundle_network(bundle_dir, ckpt, **overrides)
+    return export_openvino_model(net, filepath, shape, atol=atol)
+
+
 def mask_dice(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Per-image Dice of the masks of two logit batches ``(B, C, *spatial)``: ``logit > 0`` (sigmoid > 0.5) for one
     channel, the foreground of the argmax for several (softmax); two empty masks agree (Dice 1)."""
@@ -658,7 +751,8 @@ def export_bundle(
         bundle_dir: the bundle folder.
         formats: a subset of :data:`FORMATS` (default :data:`DEFAULT_FORMATS`).
         ckpt: the weights (default ``<bundle>/models/model.pt``).
-        output_dir: where ``model.ts``, ``model.onnx`` and ``model_int8.onnx`` are written.
+        output_dir: where ``model.ts``, ``model.onnx``, ``model_int8.onnx`` and ``model.xml`` / ``model.bin`` are
+            written.
         atol: largest allowed absolute difference from eager PyTorch (TorchScript, fp32 ONNX).
         calib_dir: ``onnx-int8``: calibration images, see :func:`calibration_images`.
         calib_count: ``onnx-int8``: number of calibration images.
@@ -691,6 +785,9 @@ def export_bundle(
         info = export_onnx_int8(root, path, ckpt, calib_dir, calib_count, min_dice=min_dice,
                                 float_modules=float_modules, **overrides)
         results["onnx-int8"] = {"file": str(path), **info}
+    if "openvino" in formats:
+        path = out / "model.xml"
+        results["openvino"] = {"file": str(path), **export_openvino(root, path, ckpt, atol, **overrides)}
     return results
 
 
