@@ -82,7 +82,7 @@ def choose_precision(device: str | torch.device, amp: bool | str = "auto") -> Pr
     if explicit is not None:
         return Precision(explicit, default_dtype if explicit else None, f"amp={str(explicit).lower()} given")
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.get_device_capability(device)[0] >= 8:  # Ampere and later (as the hardware probe reports)
             return Precision(True, torch.bfloat16, f"auto: {torch.cuda.get_device_name(device)} computes bfloat16")
         return Precision(True, torch.float16, f"auto: {torch.cuda.get_device_name(device)} has no bfloat16, float16")
     if device.type != "cpu":
