@@ -46,6 +46,8 @@ Paths (``--paths``; a path is a ``+``-joined set of modifiers, e.g. ``channels_l
 * ``auto``: what the bundles' ``--amp auto`` runs on the device (``transfuse_monai.bundle.choose_precision``: bf16
   with channels-last on CPUs with native bf16, eager fp32 on the others, autocast on CUDA); the row records the
   concrete path (``resolved``) and the reason.
+* ``openvino``: the library's OpenVINO IR export run by ``transfuse_monai.inferers.OpenVINONetwork`` in the CPU
+  plugin's default precision (bf16 on CPUs with AMX or AVX512-BF16); ``openvino+fp32`` forces float32. CPU only.
 * ``trt``: TensorRT through MONAI's ``convert_to_trt`` (the converter behind ``monai.bundle trt_export``), fp16 or fp32
   (``trt+fp32``). CUDA only; on a machine without GPU it is reported as skipped.
 

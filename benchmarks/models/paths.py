@@ -27,14 +27,15 @@ from transfuse_monai.export import INT8_FLOAT_MODULES
 
 REFERENCE_PATH = "eager"
 MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32", "cudagraphs", "int8",
-             "auto")
+             "auto", "openvino")
 # compile is opt-in (--paths ... compile): inductor takes minutes per model and input shape on 2 cores
 DEFAULT_PATHS = ("eager", "channels_last", "bf16", "channels_last+bf16", "auto", "sdpa", "no_sdpa", "onnx", "fp16",
                  "channels_last+fp16", "trt")
 TOL_FP32 = 1e-4  # fp32 paths: max |diff| <= TOL_FP32 * max(1, max|eager|)
 MAX_FLIP_PCT_HALF = 0.5  # reduced-precision paths: at most this share (%) of mask pixels (logit > 0) may flip
 #: messages of :class:`PathUnavailable` that mean "not on this device" (reported apart, not per row)
-DEVICE_NA = ("no GPU", "fp16 autocast is a GPU path", "ONNX Runtime path runs on CPU only")
+DEVICE_NA = ("no GPU", "fp16 autocast is a GPU path", "ONNX Runtime path runs on CPU only",
+             "the OpenVINO path runs on CPU only")
 
 
 class PathUnavailable(Exception):
@@ -78,8 +79,10 @@ def parse_path(path: str) -> frozenset[str]:
         raise ValueError(f"'{path}': 'auto' stands alone (the bundles' default precision, resolved per device)")
     if {"bf16", "fp16"} <= mods or {"sdpa", "no_sdpa"} <= mods or {"onnx", "trt"} <= mods:
         raise ValueError(f"contradictory path '{path}'")
-    if "fp32" in mods and "trt" not in mods:
-        raise ValueError("'fp32' only qualifies 'trt' (TensorRT precision)")
+    if "fp32" in mods and not mods & {"trt", "openvino"}:
+        raise ValueError("'fp32' only qualifies 'trt' or 'openvino' (their precision)")
+    if "openvino" in mods and mods - {"openvino", "fp32"}:
+        raise ValueError(f"'{path}': 'openvino' combines only with 'fp32' (else the CPU plugin's default precision)")
     if "cudagraphs" in mods and mods & {"onnx", "trt", "compile"}:
         raise ValueError(f"'{path}': cudagraphs captures an eager PyTorch path (compile: mode='reduce-overhead')")
     if ("onnx" in mods or "trt" in mods) and mods & {"bf16", "fp16", "compile", "channels_last"}:
@@ -105,7 +108,8 @@ def resolve_auto(mods: frozenset[str], device: torch.device) -> tuple[frozenset[
 
 def is_reduced_precision(mods: frozenset[str]) -> bool:
     """Whether the path computes in bf16/fp16 (judged by mask flips instead of max |diff|)."""
-    return "bf16" in mods or "fp16" in mods or "int8" in mods or ("trt" in mods and "fp32" not in mods)
+    return ("bf16" in mods or "fp16" in mods or "int8" in mods
+            or (bool(mods & {"trt", "openvino"}) and "fp32" not in mods))
 
 
 class Runner:
@@ -246,6 +250,8 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
     does not apply (device, model without togglable attention, or equal to eager)."""
     if "onnx" in mods and device.type != "cpu":
         raise PathUnavailable("ONNX Runtime path runs on CPU only")
+    if "openvino" in mods and device.type != "cpu":
+        raise PathUnavailable("the OpenVINO path runs on CPU only")
     if "trt" in mods and device.type != "cuda":
         raise PathUnavailable("no GPU: TensorRT needs CUDA")
     if "fp16" in mods and device.type != "cuda":
@@ -269,6 +275,20 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
         runner = prepare_onnx(model, size, batch, tmpdir, threads, int8="int8" in mods)
         del model
         return runner
+
+    if "openvino" in mods:
+        from transfuse_monai.export import export_openvino_model
+        from transfuse_monai.inferers import OpenVINONetwork
+
+        start = time.perf_counter()
+        model, _ = exportable(model)  # MONAI's ResNet 'A' shortcuts otherwise trace a fixed batch size
+        xml = tmpdir / f"model_{os.getpid()}_{id(model)}.xml"
+        # the library's export (PyTorch frontend, dynamic batch); parity is judged by this benchmark, not at export
+        export_openvino_model(model, xml, (3, *size), atol=float("inf"))
+        ov_net = OpenVINONetwork(xml, precision="f32" if "fp32" in mods else None, num_threads=threads)
+        del model
+        return Runner(lambda x: ov_net(x), lambda x: x, time.perf_counter() - start,
+                      f"OpenVINO IR, inference precision {ov_net.precision}")
 
     if "trt" in mods:
         from monai.networks.utils import convert_to_trt
