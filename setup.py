@@ -26,8 +26,9 @@ setup(
         "dev": read_requirements("requirements-dev.txt"),
         # kept for existing install commands: the export's requirements are part of install_requires now
         "export": [],
-        # OpenVINO IR export and runtime: python -m transfuse_monai.export <bundle> --formats openvino
-        "openvino": ["openvino>=2025.0"],
+        # OpenVINO IR export and runtime, and its int8 export (NNCF):
+        # python -m transfuse_monai.export <bundle> --formats openvino openvino-int8
+        "openvino": ["openvino>=2025.0", "nncf>=2.14"],
         # experiment tracking: python -m monai.bundle run ... --tracking mlflow (a local SQLite store by default)
         "mlflow": ["mlflow-skinny>=3", "sqlalchemy", "alembic"],
     },

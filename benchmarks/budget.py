@@ -74,12 +74,12 @@ ID = {
     "trainer": "train#trainer", "evaluator": "validate#evaluator", "train_dataset": "train#dataset",
     "val_dataset": "validate#dataset", "train_loader": "train#dataloader", "train_handlers": "train#handlers",
     "network": "network", "network_def": "network_def", "task": "task", "initialize": "initialize",
-    "finalize": "finalize", "data_root": "data_root",
+    "finalize": "finalize", "data_root": "data_root", "fast_paths": "fast_paths",
     # overridden on the command line (train.json, evaluate.json)
     "dataset_dir": "dataset_dir", "output_dir": "output_dir", "ckpt_dir": "ckpt_dir", "epochs": "epochs",
     "image_size": "image_size", "pretrained": "pretrained", "num_workers": "num_workers", "seed": "seed",
     "batch_size": "batch_size", "learning_rate": "learning_rate", "val_interval": "val_interval",
-    "save_checkpoints": "save_checkpoints",
+    "save_checkpoints": "save_checkpoints", "amp": "amp",
     # polyp only: training subset before the validation split, multi-scale training, test sets
     "datalist": "datalist", "val_fraction": "val_fraction", "multi_scale": "multi_scale",
     "multi_scale_mode": "multi_scale_mode", "test_sets": "test_sets", "test_datalist": "test_datalist",
@@ -246,8 +246,9 @@ STOP_EVENTS = {"iteration": "ITERATION_COMPLETED", "validation": "EPOCH_COMPLETE
 
 
 def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: int, val_metrics,
-                    stop_at: str = "iteration") -> dict:
-    """Training-only override: budget stop, validation frequency, CPU accounting, metric history, state report."""
+                    stop_at: str = "iteration", max_iterations: int = 0) -> dict:
+    """Training-only override: budget stop (and, with ``max_iterations``, a stop at the first validation at or after
+    that many iterations), validation frequency, CPU accounting, metric history, state report."""
     on = f"{ref('trainer')}.add_event_handler"
     event = STOP_EVENTS[stop_at]
     stop = (f"${on}(Events.{event}, TimeLimit(limit_sec=@budget_limit_sec))" if clock == "wall" else
@@ -262,6 +263,7 @@ def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: i
         "n_val": f"len({ref('val_dataset')})", "loop_seconds": f"{state}.times.get('COMPLETED')",
         "loop_cpu_seconds": f"getattr({state}, 'budget_cpu_seconds', None)", "torch_threads": "torch.get_num_threads()",
         "parameters": f"sum(p.numel() for p in {ref('network')}.parameters())", "budget_clock": "@budget_clock",
+        "precision": f"{ref('fast_paths')}.precision.reason", "amp": f"{ref('fast_paths')}.amp",
         "budget_sec": "@budget_limit_sec", "budget_cpu_sec": "@budget_cpu_limit_sec",
         "best_val_metric": f"{ref('evaluator')}.state.best_metric",
         "best_val_round": f"{ref('evaluator')}.state.best_metric_epoch", "val_history": history,
@@ -290,6 +292,8 @@ def budget_override(limit_sec: int, val_every: int, clock: str, cpu_limit_sec: i
             f"${on}(Events.COMPLETED, "
             "lambda e: setattr(e.state, 'budget_cpu_seconds', time.process_time() - e.state.budget_cpu_start))",
             stop,
+            *([f"${on}(Events.EPOCH_COMPLETED, lambda e: e.terminate() "
+               f"if e.state.iteration >= {int(max_iterations)} else None)"] if max_iterations else []),
             *loop_timers(on),
         ],
         "+" + ID["finalize"]: [
@@ -347,6 +351,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=int, default=None, help="training iterations between validations (the "
                         "trainer's epoch_length; default: polyp 40, isic2017 50); 0: once per pass over the data")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--amp", default="false", choices=["false", "true", "auto"],
+                        help="training precision (the bundle's --amp): false = float32 (the bundle default), true = "
+                        "mixed precision (bfloat16 autocast + channels-last on a CPU), auto = what the hardware runs "
+                        "natively; evaluation always runs in float32, so models trained differently compare alike")
+    parser.add_argument("--max-iterations", type=int, default=0,
+                        help="also stop at the first validation at or after this many training iterations (equal-"
+                        "iteration comparisons, e.g. bfloat16 against a float32 run's count); 0: budget only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-checkpoints", action="store_true",
                         help="also write the resumable full-state checkpoints every epoch (off: pure budget I/O)")
@@ -409,7 +420,8 @@ def run(args: argparse.Namespace) -> None:
     cpu_limit_sec = limit_sec * threads
     budget_cfg = out / "configs" / "budget.json"
     budget_cfg.write_text(json.dumps(budget_override(limit_sec, args.val_every, args.budget_clock, cpu_limit_sec,
-                                                     spec["val_metrics"], args.budget_stop), indent=2) + "\n")
+                                                     spec["val_metrics"], args.budget_stop, args.max_iterations),
+                                     indent=2) + "\n")
     common = [*flag("dataset_dir", rel(data)), *flag("image_size", "[" + ",".join(map(str, args.size)) + "]"),
               *flag("pretrained", "false"), *flag("num_workers", args.num_workers), *flag("seed", args.seed)]
     train_data, eval_data = spec["data_args"](args)
@@ -427,10 +439,11 @@ def run(args: argparse.Namespace) -> None:
         train_cmd = bundle_command(
             "training", [configs / "train.json", *net_cfgs, budget_cfg], *common, *dirs,
             *flag("epochs", 100000), *flag("batch_size", args.batch_size), *flag("learning_rate", args.lr),
-            *flag("val_interval", 1), *flag("save_checkpoints", str(args.save_checkpoints).lower()), *train_data,
+            *flag("val_interval", 1), *flag("save_checkpoints", str(args.save_checkpoints).lower()),
+            *flag("amp", args.amp), *train_data,
         )
         eval_cmd = bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json", *net_cfgs],
-                                  *common, *dirs, *eval_data)
+                                  *common, *dirs, *flag("amp", "false"), *eval_data)
         if args.dry_run:
             print("\n".join(f"$ {shown(c)}" for c in ([] if args.eval_only else [train_cmd]) + [eval_cmd]))
             continue
@@ -460,6 +473,7 @@ def run(args: argparse.Namespace) -> None:
             "best_val_metric": state.get("best_val_metric"), "best_val_metric_name": spec["val_metrics"][0],
             "best_val_round": state.get("best_val_round"), "train_loop_seconds": state.get("loop_seconds"),
             "train_loop_cpu_seconds": state.get("loop_cpu_seconds"), "train_process_seconds": train_wall,
+            "training_precision": state.get("precision"),
             "eval_process_seconds": eval_wall,
             "load_average_1_5_15min": load,  # other work on the machine slows training: compare with care
             "train_state": state, **spec["scores"](eval_dir),
@@ -476,8 +490,11 @@ def run(args: argparse.Namespace) -> None:
     budget = (f"{fmt_seconds(limit_sec)} (m:ss) wall clock" if args.budget_clock == "wall"
               else f"{fmt_seconds(cpu_limit_sec)} (m:ss) CPU time ({threads} threads)")
     report = (
-        f"{spec['title']} budget run: {args.size[0]}x{args.size[1]}, {budget} of training per model, from scratch on "
-        f"CPU, batch {args.batch_size}, Adam {args.lr}, validation every {args.val_every or 'pass'} iterations; "
+        f"{spec['title']} budget run: {args.size[0]}x{args.size[1]}, {budget} of training per model"
+        f"{f' (or {args.max_iterations} iterations)' if args.max_iterations else ''}, from scratch on "
+        f"CPU, batch {args.batch_size}, Adam {args.lr}, training precision amp={args.amp}"
+        f"{' (' + results[0]['training_precision'] + ')' if results and results[0].get('training_precision') else ''}"
+        f", validation every {args.val_every or 'pass'} iterations; "
         f"{spec['setup_text'](args)}.\n\n{spec['tables'](results, args)}\n"
     )
     print("\n" + report)

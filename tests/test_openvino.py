@@ -1,7 +1,7 @@
 # Copyright (c) transfuse-monai contributors.
 # Licensed under the Apache License, Version 2.0.
-"""The OpenVINO IR export and ``inference_openvino.json``: verified before it is written, nothing partial left behind,
-and the bundle's inference through OpenVINO writes the masks eager PyTorch writes."""
+"""The OpenVINO IR exports (float32 and NNCF int8) and ``inference_openvino.json``: verified before they are written,
+nothing partial left behind, and the bundle's inference through OpenVINO writes the masks eager PyTorch writes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from transfuse_monai.export import export_bundle, export_openvino_model
+import transfuse_monai.export as export
+from transfuse_monai.export import INT8_FLOAT_MODULES, INT8_MIN_DICE, export_bundle, export_openvino_model
 from transfuse_monai.tasks import get_task
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'transfuse-monai[openvino]')")
@@ -28,7 +29,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     from monai.bundle import ConfigParser
 
     root = tmp_path_factory.mktemp("openvino")
-    data = Path(get_task("polyp").make_sample(root / "data", n_train=2, test_sets={"Kvasir": 2}, size=(64, 64),
+    data = Path(get_task("polyp").make_sample(root / "data", n_train=8, test_sets={"Kvasir": 2}, size=(64, 64),
                                               test_sizes=[(60, 80)], seed=1))
     torch.manual_seed(0)
     parser = ConfigParser()
@@ -39,7 +40,17 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
     results = export_bundle(REPO / "bundles" / "polyp", formats=["openvino"], ckpt=ckpt, output_dir=root / "models",
                             image_size=TINY)
-    return {"root": root, "data": data, "results": results}
+    return {"root": root, "data": data, "ckpt": ckpt, "results": results}
+
+
+@pytest.fixture(scope="module")
+def int8_exported(exported, tmp_path_factory) -> dict:
+    """The NNCF int8 export of the same checkpoint, calibrated on 4 of the generated training images."""
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'transfuse-monai[openvino]')")
+    out = tmp_path_factory.mktemp("openvino_int8")
+    results = export_bundle(REPO / "bundles" / "polyp", formats=["openvino-int8"], ckpt=exported["ckpt"],
+                            output_dir=out, calib_dir=exported["data"], calib_count=4, image_size=TINY)
+    return {"out": out, "info": results["openvino-int8"]}
 
 
 def test_export_writes_a_verified_ir(exported):
@@ -102,3 +113,46 @@ def test_missing_model_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"model\.xml not found; export it"):
         OpenVINONetwork(tmp_path / "model.xml")
+
+
+def _head_and_body_convolutions(model) -> tuple[list, list]:
+    """The Convolution operations of the segmentation head (:func:`openvino_module_operations`) and the others."""
+    head = set(export.openvino_module_operations(model, ["head_final"])["head_final"])
+    convs = [op for op in model.get_ops() if op.get_type_name() == "Convolution"]
+    return [c for c in convs if c.get_friendly_name() in head], [c for c in convs if c.get_friendly_name() not in head]
+
+
+def test_openvino_int8_export_is_verified_and_quantised(int8_exported, exported):
+    info, out = int8_exported["info"], int8_exported["out"]
+    assert Path(info["file"]) == out / "model_int8.xml"
+    assert sorted(p.name for p in out.iterdir()) == ["model_int8.bin", "model_int8.xml"], "no float32 or temp files"
+    assert info["mean_dice"] >= INT8_MIN_DICE and 0 <= info["max_prob_diff"] < 1
+    assert info["precision"] in ("f32", "bf16", "f16")
+    assert (out / "model_int8.bin").stat().st_size < 0.5 * exported["ckpt"].stat().st_size  # int8 weights
+    head, body = _head_and_body_convolutions(ov.Core().read_model(info["file"]))
+    quantized = lambda op: op.input_value(0).get_node().get_type_name() == "FakeQuantize"  # noqa: E731
+    assert len(head) == 2 and not any(map(quantized, head)), "the segmentation head stays floating point"
+    assert len(body) > 40 and sum(map(quantized, body)) > 0.9 * len(body)
+
+
+def test_openvino_int8_rejects_unknown_float_modules(exported, tmp_path):
+    pytest.importorskip("nncf", reason="NNCF is not installed")
+    with pytest.raises(ValueError, match=r"float_modules \['head'\] name no operation"):
+        export.quantize_openvino_int8(exported["results"]["openvino"]["file"], tmp_path / "int8.xml",
+                                      np.zeros((1, 3, *TINY), np.float32), [*INT8_FLOAT_MODULES, "head"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_openvino_int8_verification_leaves_no_file(exported, tmp_path, monkeypatch):
+    def quantize_wrong(xml_path, filepath, calibration, float_modules=()):  # a model whose masks are inverted
+        model = ov.Core().read_model(str(xml_path))
+        logits = model.get_results()[0].input_value(0)
+        negated = ov.Model([ov.opset13.negative(logits)], model.get_parameters())
+        ov.save_model(negated, str(filepath))
+
+    monkeypatch.setattr(export, "quantize_openvino_int8", quantize_wrong)
+    with pytest.raises(RuntimeError, match="int8 OpenVINO masks agree with eager PyTorch at mean Dice"):
+        export.export_openvino_int8(REPO / "bundles" / "polyp", tmp_path / "out" / "model_int8.xml",
+                                    exported["ckpt"], calib_dir=exported["data"], calib_count=2, verify_count=2,
+                                    image_size=TINY)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -37,6 +37,11 @@ forces float32)::
 
     python -m transfuse_monai.export bundles/polyp --formats openvino
     python -m monai.bundle run --config_file "['configs/inference.json','configs/inference_openvino.json']"
+
+``openvino-int8`` writes ``model_int8.xml`` / ``.bin``: the float32 IR quantised by NNCF (OpenVINO's post-training
+quantisation; int8 weights and activations, calibrated on the task's training images like ``onnx-int8``, the
+segmentation head kept in floating point), verified the same way; run it with ``--openvino_path`` pointing at
+``model_int8.xml``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import inspect
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -69,6 +75,12 @@ __all__ = [
     "export_onnx",
     "export_onnx_int8",
     "quantize_onnx_int8",
+    "export_openvino_model",
+    "export_openvino",
+    "export_openvino_int8",
+    "quantize_openvino_int8",
+    "openvino_module_operations",
+    "verify_int8_masks",
     "module_nodes",
     "calibration_images",
     "mask_dice",
@@ -76,14 +88,14 @@ __all__ = [
     "main",
 ]
 
-FORMATS = ("torchscript", "onnx", "onnx-int8", "openvino")
-#: formats exported when none is named (``onnx-int8`` needs calibration images and minutes, ``openvino`` the optional
-#: OpenVINO package: opt-in)
+FORMATS = ("torchscript", "onnx", "onnx-int8", "openvino", "openvino-int8")
+#: formats exported when none is named (the int8 formats need calibration images and minutes, the OpenVINO ones the
+#: optional OpenVINO package (and NNCF): opt-in)
 DEFAULT_FORMATS = ("torchscript", "onnx")
 #: operators quantised to int8 (convolutions, the Linear layers of attention, MLPs and BiFusion); element-wise
 #: operators, normalisations, softmax, resizes and, by default, attention's products of two activations stay in float32
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
-#: default of ``min_dice``: mean Dice of the int8 and eager masks on the verification images
+#: default of ``min_dice``: mean Dice of the int8 and eager masks on the verification images (both int8 formats)
 INT8_MIN_DICE = 0.95
 #: submodules the int8 export keeps in float32: TransFuse's segmentation head (3x3 conv + 1x1 conv to the logits at
 #: H/4). Quantising its input flips the pixels whose logits lie near the threshold: on the 162 polyp test images
@@ -441,9 +453,14 @@ def export_openvino_model(
             raise RuntimeError(f"OpenVINO (f32) output differs from eager PyTorch by {err:.3g} (> atol={atol:g}).")
         default = core.compile_model(str(xml), "CPU")
         dice = float(mask_dice(np.asarray(default(x.numpy())[default.output(0)]), ref).mean())
-        os.replace(xml.with_suffix(".bin"), final.with_suffix(".bin"))
-        os.replace(xml, final)
+        _move_ir(xml, final)
     return {"max_abs_error": err, "default_precision": precision_name(default), "default_mask_dice": dice}
+
+
+def _move_ir(xml: Path, final: Path) -> None:
+    """Move an IR's ``.bin`` then its ``.xml`` into place (a reader finds the ``.xml`` only once both exist)."""
+    os.replace(xml.with_suffix(".bin"), final.with_suffix(".bin"))
+    os.replace(xml, final)
 
 
 def export_openvino(
@@ -708,29 +725,185 @@ def export_onnx_int8(
     if not 0.0 <= min_dice <= 1.0:
         raise ValueError(f"min_dice must be in [0, 1], got {min_dice}.")
     net, shape = load_bundle_network(bundle_dir, ckpt, **overrides)
-    images = calibration_images(bundle_dir, calib_dir, calib_count + verify_count, **overrides)
-    calib, held_out = images[:calib_count], images[calib_count:]
-    verify = held_out if len(held_out) else calib
-    report: dict[str, float] = {}
+    calib, verify = _split_calibration(bundle_dir, calib_dir, calib_count, verify_count, **overrides)
     with atomic_path(filepath) as tmp, tempfile.TemporaryDirectory(prefix="tf_int8_") as tmp_dir:
         fp32 = Path(tmp_dir) / "model_fp32.onnx"
         export_onnx_model(net, fp32, shape, opset=opset)
         quantize_onnx_int8(fp32, tmp, calib, reduce_range=reduce_range, float_modules=float_modules,
                            activation_products=activation_products)
         session = ort_session(tmp)  # as OnnxRuntimeNetwork runs it (graph optimisations on)
-        out = np.concatenate([session.run(None, {"image": verify[i : i + 1]})[0] for i in range(len(verify))])
-        with torch.no_grad():
-            ref = net(torch.from_numpy(verify)).numpy()
-        dice = mask_dice(out, ref)
-        prob = torch.sigmoid if ref.shape[1] == 1 else lambda t: torch.softmax(t, 1)
-        diff = float((prob(torch.from_numpy(out)) - prob(torch.from_numpy(ref))).abs().max())
-        report = {"mean_dice": float(dice.mean()), "min_dice": float(dice.min()), "max_prob_diff": diff}
-        if not report["mean_dice"] >= min_dice:  # also catches NaN
-            raise RuntimeError(
-                f"int8 ONNX masks agree with eager PyTorch at mean Dice {report['mean_dice']:.4f} (< min_dice="
-                f"{min_dice:g}) on {len(verify)} images; calibrate on more images (--calib_count) or keep fp32."
-            )
+        report = verify_int8_masks(lambda x: session.run(None, {"image": x})[0], net, verify, min_dice, "int8 ONNX")
     return report
+
+
+def verify_int8_masks(
+    run: Callable[[np.ndarray], np.ndarray], net: torch.nn.Module, images: np.ndarray, min_dice: float, name: str
+) -> dict[str, float]:
+    """Compare a quantised model with eager PyTorch on ``images``, one at a time, by the per-image Dice of their
+    masks (:func:`mask_dice`).
+
+    Args:
+        run: the quantised model: a ``(1, C, *spatial)`` float32 array to its logits.
+        net: the float32 network (eval mode, CPU).
+        images: ``(N, C, *spatial)`` verification images.
+        min_dice: smallest allowed mean Dice.
+        name: the model's name in the error message.
+
+    Returns:
+        ``{"mean_dice", "min_dice", "max_prob_diff"}`` (``max_prob_diff``: max |sigmoid(int8) - sigmoid(eager)|,
+        softmax for several channels).
+
+    Raises:
+        RuntimeError: the mean Dice is below ``min_dice`` (or NaN).
+    """
+    out = np.concatenate([np.asarray(run(np.ascontiguousarray(images[i : i + 1])), np.float32)
+                          for i in range(len(images))])
+    with torch.no_grad():
+        ref = net(torch.from_numpy(images)).numpy()
+    dice = mask_dice(out, ref)
+    prob = torch.sigmoid if ref.shape[1] == 1 else lambda t: torch.softmax(t, 1)
+    diff = float((prob(torch.from_numpy(out)) - prob(torch.from_numpy(ref))).abs().max())
+    report = {"mean_dice": float(dice.mean()), "min_dice": float(dice.min()), "max_prob_diff": diff}
+    if not report["mean_dice"] >= min_dice:  # also catches NaN
+        raise RuntimeError(
+            f"{name} masks agree with eager PyTorch at mean Dice {report['mean_dice']:.4f} (< min_dice="
+            f"{min_dice:g}) on {len(images)} images; calibrate on more images (--calib_count) or keep fp32."
+        )
+    return report
+
+
+def _split_calibration(bundle_dir, calib_dir, calib_count: int, verify_count: int, **overrides):
+    """Calibration images and the verification images held out from them (the calibration images themselves when
+    the dataset has no others), see :func:`calibration_images`."""
+    images = calibration_images(bundle_dir, calib_dir, calib_count + verify_count, **overrides)
+    calib, held_out = images[:calib_count], images[calib_count:]
+    return calib, (held_out if len(held_out) else calib)
+
+
+def openvino_module_operations(model, modules: Sequence[str]) -> dict[str, list[str]]:
+    """Friendly names of the operations of an OpenVINO model converted from PyTorch that belong to each of
+    ``modules`` (dotted submodule paths of the network, e.g. ``"head_final"``).
+
+    OpenVINO's PyTorch frontend names each operation after its module (``__module.head_final.1.conv/aten::...``),
+    except a convolution or matrix product into which it folded the BatchNorm that follows: that one is renamed, and
+    is found as the weighted operation that feeds one of the module's operations directly.
+    """
+    ops = list(model.get_ops())
+    found: dict[str, list[str]] = {}
+    for module in modules:
+        prefix = re.compile(rf"__module\.{re.escape(module)}[./]")
+        own = [op for op in ops if prefix.match(op.get_friendly_name())]
+        own_names = {op.get_friendly_name() for op in own}
+        folded = {op.input_value(i).get_node().get_friendly_name() for op in own for i in range(op.get_input_size())
+                  if op.input_value(i).get_node().get_type_name() in ("Convolution", "MatMul")}
+        found[module] = sorted(own_names | folded)
+    return found
+
+
+def quantize_openvino_int8(
+    xml_path: str | os.PathLike,
+    filepath: str | os.PathLike,
+    calibration: np.ndarray,
+    float_modules: Sequence[str] = INT8_FLOAT_MODULES,
+) -> None:
+    """Quantise a float32 OpenVINO IR to int8 with NNCF's post-training quantisation.
+
+    Weights and activations of convolutions and matrix products become int8 (NNCF's ``PERFORMANCE`` preset:
+    symmetric), calibrated one image at a time on ``calibration``; ``ModelType.TRANSFORMER`` applies NNCF's
+    transformer rules (SmoothQuant on the Linear layers, softmax and layer norms kept in floating point). The
+    operations of ``float_modules`` (:func:`openvino_module_operations`) are left out (NNCF ignored scope). At run time OpenVINO computes what stays
+    floating point in the CPU's default precision.
+
+    Args:
+        xml_path: the float32 IR, e.g. written by :func:`export_openvino_model`.
+        filepath: the ``.xml`` to write (with its ``.bin``).
+        calibration: ``(N, C, *spatial)`` calibration images (:func:`calibration_images`).
+        float_modules: submodules kept in floating point, e.g. :data:`INT8_FLOAT_MODULES`.
+
+    Raises:
+        ModuleNotFoundError: NNCF is not installed.
+        ValueError: a module of ``float_modules`` names no operation of the IR (nothing is written).
+    """
+    try:
+        import nncf
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError("the openvino-int8 format needs NNCF: pip install 'transfuse-monai[openvino]'.") from err
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+    found = openvino_module_operations(model, float_modules)
+    missing = [m for m, names in found.items() if not names]
+    if missing:
+        raise ValueError(f"float_modules {missing} name no operation of {xml_path}: name submodules of the exported "
+                         "network (e.g. 'head_final'), or pass none.")
+    quantized = nncf.quantize(
+        model, nncf.Dataset([np.ascontiguousarray(calibration[i : i + 1], np.float32)
+                             for i in range(len(calibration))]),
+        preset=nncf.QuantizationPreset.PERFORMANCE, model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(calibration),
+        ignored_scope=nncf.IgnoredScope(names=[n for names in found.values() for n in names]) if found else None,
+    )
+    ov.save_model(quantized, str(filepath), compress_to_fp16=False)
+
+
+def export_openvino_int8(
+    bundle_dir: str | os.PathLike,
+    filepath: str | os.PathLike,
+    ckpt: str | os.PathLike | None = None,
+    calib_dir: str | os.PathLike | None = None,
+    calib_count: int = 16,
+    verify_count: int = 8,
+    min_dice: float = INT8_MIN_DICE,
+    float_modules: Sequence[str] = INT8_FLOAT_MODULES,
+    **overrides,
+) -> dict:
+    """Export a bundle's network to an int8 OpenVINO IR (:func:`quantize_openvino_int8`) and verify it on real
+    images, as :func:`export_onnx_int8` does for ONNX: the float32 IR (:func:`export_openvino_model`, checked
+    within 1e-4) is quantised on ``calib_count`` training images and compiled for the CPU as
+    :class:`~transfuse_monai.inferers.OpenVINONetwork` runs it; its masks on ``verify_count`` other training images
+    must agree with eager PyTorch at a mean Dice of at least ``min_dice``. Both files are moved into place only then.
+
+    Args:
+        bundle_dir: the bundle folder.
+        filepath: the ``.xml`` to write (e.g. ``models/model_int8.xml``).
+        ckpt: the weights (default ``<bundle>/models/model.pt``), see :func:`load_bundle_network`.
+        calib_dir: calibration images, see :func:`calibration_images`.
+        calib_count: number of calibration images.
+        verify_count: number of verification images.
+        min_dice: smallest allowed mean Dice between the int8 and eager masks.
+        float_modules: submodules kept in floating point.
+        overrides: config ids to override (e.g. ``image_size``).
+
+    Returns:
+        The figures of :func:`verify_int8_masks` and ``precision``, the precision OpenVINO compiled the floating
+        point part in.
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: see :func:`load_bundle_network`.
+        ModuleNotFoundError: OpenVINO or NNCF is not installed.
+        RuntimeError: the float32 IR differs from eager, or the int8 masks agree less than ``min_dice``.
+    """
+    if not 0.0 <= min_dice <= 1.0:
+        raise ValueError(f"min_dice must be in [0, 1], got {min_dice}.")
+    import openvino as ov
+
+    from transfuse_monai.inferers.openvino import precision_name
+
+    final = Path(filepath)
+    if final.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR is written as '<name>.xml' (with '<name>.bin' beside it), got '{final}'.")
+    net, shape = load_bundle_network(bundle_dir, ckpt, **overrides)
+    calib, verify = _split_calibration(bundle_dir, calib_dir, calib_count, verify_count, **overrides)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.stem}.") as tmp:
+        fp32, xml = Path(tmp) / "model_fp32.xml", Path(tmp) / final.name
+        export_openvino_model(net, fp32, shape)
+        quantize_openvino_int8(fp32, xml, calib, float_modules)
+        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        report = verify_int8_masks(lambda x: compiled(x)[compiled.output(0)], net, verify, min_dice,
+                                   "int8 OpenVINO")
+        _move_ir(xml, final)
+    return {**report, "precision": precision_name(compiled)}
 
 
 def export_bundle(
@@ -751,18 +924,18 @@ def export_bundle(
         bundle_dir: the bundle folder.
         formats: a subset of :data:`FORMATS` (default :data:`DEFAULT_FORMATS`).
         ckpt: the weights (default ``<bundle>/models/model.pt``).
-        output_dir: where ``model.ts``, ``model.onnx``, ``model_int8.onnx`` and ``model.xml`` / ``model.bin`` are
-            written.
+        output_dir: where ``model.ts``, ``model.onnx``, ``model_int8.onnx``, ``model.xml`` / ``model.bin`` and
+            ``model_int8.xml`` / ``model_int8.bin`` are written.
         atol: largest allowed absolute difference from eager PyTorch (TorchScript, fp32 ONNX).
-        calib_dir: ``onnx-int8``: calibration images, see :func:`calibration_images`.
-        calib_count: ``onnx-int8``: number of calibration images.
-        min_dice: ``onnx-int8``: smallest allowed mean Dice between int8 and eager masks.
-        float_modules: ``onnx-int8``: submodules kept in float32, see :func:`quantize_onnx_int8`.
+        calib_dir: int8 formats: calibration images, see :func:`calibration_images`.
+        calib_count: int8 formats: number of calibration images.
+        min_dice: int8 formats: smallest allowed mean Dice between int8 and eager masks.
+        float_modules: int8 formats: submodules kept in floating point.
         overrides: config ids to override (e.g. ``image_size``).
 
     Returns:
-        ``{format: {"file": path, ...}}``: ``max_abs_error`` for TorchScript and ONNX, the verification figures of
-        :func:`export_onnx_int8` for ``onnx-int8``.
+        ``{format: {"file": path, ...}}``: ``max_abs_error`` for TorchScript, ONNX and OpenVINO, the verification
+        figures of :func:`verify_int8_masks` for the int8 formats.
 
     Raises:
         ValueError: an unknown format (before anything is exported); see also :func:`export_torchscript`.
@@ -788,6 +961,11 @@ def export_bundle(
     if "openvino" in formats:
         path = out / "model.xml"
         results["openvino"] = {"file": str(path), **export_openvino(root, path, ckpt, atol, **overrides)}
+    if "openvino-int8" in formats:
+        path = out / "model_int8.xml"
+        info = export_openvino_int8(root, path, ckpt, calib_dir, calib_count, min_dice=min_dice,
+                                    float_modules=float_modules, **overrides)
+        results["openvino-int8"] = {"file": str(path), **info}
     return results
 
 
@@ -849,13 +1027,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image_size", type=int, nargs="+", default=None, help="override the bundle's image_size")
     parser.add_argument("--atol", type=float, default=1e-4, help="maximum allowed difference from eager PyTorch")
     parser.add_argument("--calib_dir", default=None,
-                        help="onnx-int8: the task's dataset (or a folder of images) to calibrate on (default: "
+                        help="int8 formats: the task's dataset (or a folder of images) to calibrate on (default: "
                         "train.json's dataset_dir; a generated sample, with a warning, when it holds no images)")
-    parser.add_argument("--calib_count", type=int, default=16, help="onnx-int8: number of calibration images")
+    parser.add_argument("--calib_count", type=int, default=16, help="int8 formats: number of calibration images")
     parser.add_argument("--min_dice", type=float, default=INT8_MIN_DICE,
-                        help="onnx-int8: smallest mean Dice of int8 vs eager masks on held-out training images")
+                        help="int8 formats: smallest mean Dice of int8 vs eager masks on held-out training images")
     parser.add_argument("--float_modules", nargs="*", default=list(INT8_FLOAT_MODULES), metavar="MODULE",
-                        help="onnx-int8: submodules kept in float32 (default: %(default)s; none: quantise all)")
+                        help="int8 formats: submodules kept in floating point (default: %(default)s; none: quantise "
+                        "all)")
     args, extra = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(extra, args.bundle)
@@ -868,9 +1047,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for fmt, info in results.items():
         if "max_abs_error" in info:
-            print(f"{fmt:12s} {info['file']}  max |export - eager| = {info['max_abs_error']:.2e}")
+            extra = (f"; {info['default_precision']} by default: mask Dice {info['default_mask_dice']:.4f}"
+                     if "default_precision" in info else "")
+            print(f"{fmt:13s} {info['file']}  max |export - eager| = {info['max_abs_error']:.2e}{extra}")
         else:
-            print(f"{fmt:12s} {info['file']}  int8 vs eager masks: mean Dice {info['mean_dice']:.4f} (min "
+            print(f"{fmt:13s} {info['file']}  int8 vs eager masks: mean Dice {info['mean_dice']:.4f} (min "
                   f"{info['min_dice']:.4f}), max |prob diff| = {info['max_prob_diff']:.3f}")
     return 0
 
