@@ -26,7 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "budget": ("benchmarks.budget", "accuracy after equal training budgets, vs FlexibleUNet"),
     "prostate-speed": ("benchmarks.prostate_speed", "seconds per MR volume vs nnU-Net-like DynUNets"),
     "deploy-timing": ("benchmarks.deploy_timing", "seconds per item through the MONAI Deploy apps"),
-    "int8-parity": ("benchmarks.int8_parity", "Dice change of the int8 ONNX export on polyp images"),
+    "folder-inference": ("benchmarks.folder_inference", "polyp bundle folder inference per path: images/s, profile"),
+    "parity": ("benchmarks.parity", "Dice change of every fast path and export on polyp images"),
     "gpu-kit": ("benchmarks.gpu.kit", "the GPU run kit's stages (run by benchmarks/gpu/run.sh)"),
     "gpu-pack-data": ("benchmarks.gpu.pack_data", "pack the polyp data that travels with the GPU kit"),
 }

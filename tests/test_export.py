@@ -371,10 +371,13 @@ def test_inference_onnx_config_matches_pytorch_inference(int8_export, tmp_path):
 
 @pytest.mark.parametrize("bundle", INT8_BUNDLES)
 def test_inference_onnx_overrides_only_the_network(bundle):
-    """inference_onnx.json is layered over inference.json: the same file in every bundle, replacing the network and
-    disabling handler 0, which must be the CheckpointLoader (an ONNX model has no weights to load)."""
+    """inference_onnx.json is layered over inference.json: the same file in every bundle, replacing the network,
+    switching PyTorch's autocast and channels-last off (ONNX Runtime computes in its own precision; the log then says
+    float32 for PyTorch's part, not the bfloat16 it would not use) and disabling handler 0, which must be the
+    CheckpointLoader (an ONNX model has no weights to load)."""
     configs = REPO / "bundles" / bundle / "configs"
     onnx_cfg = json.loads((configs / "inference_onnx.json").read_text())
     assert onnx_cfg == json.loads((REPO / "bundles" / "polyp" / "configs" / "inference_onnx.json").read_text())
-    assert set(onnx_cfg) == {"onnx_path", "onnx_threads", "network", "handlers#0#_disabled_"}
+    assert set(onnx_cfg) == {"onnx_path", "onnx_threads", "amp", "channels_last", "network", "handlers#0#_disabled_"}
+    assert onnx_cfg["amp"] is False and onnx_cfg["channels_last"] is False
     assert json.loads((configs / "inference.json").read_text())["handlers"][0]["_target_"] == "CheckpointLoader"

@@ -104,7 +104,9 @@ def test_inference_openvino_config_matches_pytorch_inference(exported, tmp_path)
 
 def test_inference_openvino_overrides_only_the_network():
     layer = json.loads((CONFIGS / "inference_openvino.json").read_text())
-    assert set(layer) == {"openvino_path", "openvino_precision", "openvino_threads", "network", "handlers#0#_disabled_"}
+    assert set(layer) == {"openvino_path", "openvino_precision", "openvino_threads", "amp", "channels_last", "network",
+                          "handlers#0#_disabled_"}
+    assert layer["amp"] is False and layer["channels_last"] is False, "OpenVINO picks its own precision"
     assert json.loads((CONFIGS / "inference.json").read_text())["handlers"][0]["_target_"] == "CheckpointLoader"
 
 

@@ -27,7 +27,9 @@ thresholded masks::
     python -m monai.bundle run --config_file "['configs/inference.json','configs/inference_onnx.json']"
 
 ``inference_onnx.json`` keeps ``inference.json``'s pre- and post-processing and replaces its network with
-:class:`~transfuse_monai.inferers.OnnxRuntimeNetwork` (``--onnx_path`` selects another file, e.g. ``model.onnx``).
+:class:`~transfuse_monai.inferers.OnnxRuntimeNetwork` (``--onnx_path`` selects another file, e.g. ``model.onnx``);
+like ``inference_openvino.json`` it switches PyTorch's autocast off (``amp: false``): the runtime computes in its own
+precision.
 
 ``openvino`` (opt-in, needs ``pip install 'transfuse-monai[openvino]'``) writes the OpenVINO IR ``model.xml`` /
 ``model.bin``, converted from the network by OpenVINO's PyTorch frontend and checked in float32 against eager

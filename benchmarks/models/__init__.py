@@ -42,12 +42,17 @@ Paths (``--paths``; a path is a ``+``-joined set of modifiers, e.g. ``channels_l
   library's ``onnx-int8`` export: QDQ, per-channel int8 weights of Conv/MatMul/Gemm, uint8 activations, the
   segmentation head in float32), calibrated on 4 random images (the weights are random too); judged like the
   reduced-precision paths (mask flips, which a random-weight network's near-zero logits make meaningless for int8).
-  ``python -m benchmarks int8-parity`` measures a trained checkpoint on real images. CPU only.
+  ``python -m benchmarks parity`` measures a trained checkpoint on real images. CPU only.
+* ``onnx+ovep`` (and ``onnx+int8+ovep``): the same graphs run by ONNX Runtime's OpenVINO execution provider (CPU
+  device, its default precision) instead of its CPU provider; needs the ``onnxruntime-openvino`` build of ONNX
+  Runtime in place of ``onnxruntime`` (reported as unavailable otherwise). CPU only.
 * ``auto``: what the bundles' ``--amp auto`` runs on the device (``transfuse_monai.bundle.choose_precision``: bf16
   with channels-last on CPUs with native bf16, eager fp32 on the others, autocast on CUDA); the row records the
   concrete path (``resolved``) and the reason.
 * ``openvino``: the library's OpenVINO IR export run by ``transfuse_monai.inferers.OpenVINONetwork`` in the CPU
-  plugin's default precision (bf16 on CPUs with AMX or AVX512-BF16); ``openvino+fp32`` forces float32. CPU only.
+  plugin's default precision (bf16 on CPUs with AMX or AVX512-BF16); ``openvino+fp32`` forces float32;
+  ``openvino+int8`` runs the IR quantised by ``transfuse_monai.export.quantize_openvino_int8`` (the library's
+  ``openvino-int8`` export: NNCF, the segmentation head in floating point), calibrated on 4 random images. CPU only.
 * ``trt``: TensorRT through MONAI's ``convert_to_trt`` (the converter behind ``monai.bundle trt_export``), fp16 or fp32
   (``trt+fp32``). CUDA only; on a machine without GPU it is reported as skipped.
 

@@ -27,7 +27,7 @@ from transfuse_monai.export import INT8_FLOAT_MODULES
 
 REFERENCE_PATH = "eager"
 MODIFIERS = ("channels_last", "bf16", "fp16", "sdpa", "no_sdpa", "compile", "onnx", "trt", "fp32", "cudagraphs", "int8",
-             "auto", "openvino")
+             "auto", "openvino", "ovep")
 # compile is opt-in (--paths ... compile): inductor takes minutes per model and input shape on 2 cores
 DEFAULT_PATHS = ("eager", "channels_last", "bf16", "channels_last+bf16", "auto", "sdpa", "no_sdpa", "onnx", "fp16",
                  "channels_last+fp16", "trt")
@@ -81,14 +81,18 @@ def parse_path(path: str) -> frozenset[str]:
         raise ValueError(f"contradictory path '{path}'")
     if "fp32" in mods and not mods & {"trt", "openvino"}:
         raise ValueError("'fp32' only qualifies 'trt' or 'openvino' (their precision)")
-    if "openvino" in mods and mods - {"openvino", "fp32"}:
-        raise ValueError(f"'{path}': 'openvino' combines only with 'fp32' (else the CPU plugin's default precision)")
+    if "openvino" in mods and (mods - {"openvino", "fp32", "int8"} or {"fp32", "int8"} <= mods):
+        raise ValueError(f"'{path}': 'openvino' combines only with 'fp32' or 'int8' (else the CPU plugin's default "
+                         "precision)")
     if "cudagraphs" in mods and mods & {"onnx", "trt", "compile"}:
         raise ValueError(f"'{path}': cudagraphs captures an eager PyTorch path (compile: mode='reduce-overhead')")
     if ("onnx" in mods or "trt" in mods) and mods & {"bf16", "fp16", "compile", "channels_last"}:
         raise ValueError(f"'{path}': onnx/trt combine only with sdpa/no_sdpa (trt: fp32)")
-    if "int8" in mods and "onnx" not in mods:
-        raise ValueError(f"'{path}': 'int8' qualifies 'onnx' (ONNX Runtime static int8 quantisation)")
+    if "ovep" in mods and "onnx" not in mods:
+        raise ValueError(f"'{path}': 'ovep' qualifies 'onnx' (ONNX Runtime's OpenVINO execution provider)")
+    if "int8" in mods and not mods & {"onnx", "openvino"}:
+        raise ValueError(f"'{path}': 'int8' qualifies 'onnx' (ONNX Runtime static int8 quantisation) or 'openvino' "
+                         "(NNCF)")
     return mods
 
 
@@ -134,7 +138,11 @@ def first_output(out):
 ORT_SPINNING = True
 
 
-def _ort_session(path: Path, threads: int):
+#: ONNX Runtime's OpenVINO execution provider (the ``onnxruntime-openvino`` build), for the ``ovep`` modifier
+OVEP = "OpenVINOExecutionProvider"
+
+
+def _ort_session(path: Path, threads: int, ovep: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -144,6 +152,9 @@ def _ort_session(path: Path, threads: int):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if ovep:  # the CPU plugin in its default precision, with torch's thread count
+        return ort.InferenceSession(str(path), so, providers=[(OVEP, {"device_type": "CPU",
+                                                                      "num_of_threads": str(threads)})])
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -175,12 +186,14 @@ def exportable(model: nn.Module) -> tuple[nn.Module, str]:
 INT8_HEADS = (*INT8_FLOAT_MODULES, "net.final_2")
 
 
-def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int, int8: bool = False) -> Runner:
+def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int, int8: bool = False,
+                 ovep: bool = False) -> Runner:
     """Export with ``torch.onnx.export(dynamo=True)`` and a dynamic batch axis; run with ONNX Runtime (CPU).
 
     ``int8``: each exported graph is quantised first by :func:`quantize_onnx_int8` (the ``onnx-int8`` export of
     ``transfuse_monai.export``; calibrated here on random images, as the weights are random too), the model's
-    segmentation head (:data:`INT8_HEADS`) kept in float32 as the library's export does.
+    segmentation head (:data:`INT8_HEADS`) kept in float32 as the library's export does. ``ovep``: the sessions run
+    on ONNX Runtime's OpenVINO execution provider instead of its CPU provider.
 
     Fallback, reported in the row's note: when the dynamo export fails, or its graph does not run at batch 1 and
     ``batch``, the TorchScript-based exporter (``dynamo=False``) writes one static-shape graph per batch size.
@@ -204,7 +217,7 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
             torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["pred"],
                               opset_version=18, dynamo=True, dynamic_shapes=({0: dim},), external_data=True,
                               verbose=False)
-            session = _ort_session(_int8_model(path, size, heads) if int8 else path, threads)
+            session = _ort_session(_int8_model(path, size, heads) if int8 else path, threads, ovep)
             for b in sorted({1, batch}):
                 session.run(None, {"image": np.zeros((b, 3, *size), np.float32)})
                 sessions[b] = session
@@ -216,7 +229,7 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
                 path = stem.with_name(f"{stem.name}_b{b}.onnx")
                 torch.onnx.export(model, (torch.randn(b, 3, *size),), str(path), input_names=["image"],
                                   output_names=["pred"], opset_version=18, dynamo=False)
-                sessions[b] = _ort_session(_int8_model(path, size, heads) if int8 else path, threads)
+                sessions[b] = _ort_session(_int8_model(path, size, heads) if int8 else path, threads, ovep)
     setup = time.perf_counter() - start
 
     def run_onnx(x):
@@ -224,7 +237,9 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
         (out,) = session.run(None, {"image": np.ascontiguousarray(x.numpy())})
         return torch.from_numpy(out).float()
 
-    note = f"ORT {ort.__version__}, {threads} intra-op threads, {exporter}" + (f"; {patched}" if patched else "")
+    provider = f"{OVEP} (device CPU)" if ovep else "CPU provider"
+    note = (f"ORT {ort.__version__}, {provider}, {threads} intra-op threads, {exporter}"
+            + (f"; {patched}" if patched else ""))
     if int8:
         note += ("; static int8 (QDQ, per-channel 7-bit weights, transfuse_monai.export.quantize_onnx_int8; "
                  "activation x activation products" + (f" and {'/'.join(heads)}" if heads else "") + " in float32)")
@@ -250,6 +265,12 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
     does not apply (device, model without togglable attention, or equal to eager)."""
     if "onnx" in mods and device.type != "cpu":
         raise PathUnavailable("ONNX Runtime path runs on CPU only")
+    if "ovep" in mods:
+        import onnxruntime as ort
+
+        if OVEP not in ort.get_available_providers():
+            raise PathUnavailable(f"this ONNX Runtime ({ort.__version__}) has no {OVEP}: pip install "
+                                  "onnxruntime-openvino (in place of onnxruntime)")
     if "openvino" in mods and device.type != "cpu":
         raise PathUnavailable("the OpenVINO path runs on CPU only")
     if "trt" in mods and device.type != "cuda":
@@ -272,7 +293,7 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
     prep = lambda x: x  # noqa: E731
 
     if "onnx" in mods:
-        runner = prepare_onnx(model, size, batch, tmpdir, threads, int8="int8" in mods)
+        runner = prepare_onnx(model, size, batch, tmpdir, threads, int8="int8" in mods, ovep="ovep" in mods)
         del model
         return runner
 
@@ -285,10 +306,20 @@ def prepare(base: nn.Module, mods: frozenset[str], device: torch.device, size, b
         xml = tmpdir / f"model_{os.getpid()}_{id(model)}.xml"
         # the library's export (PyTorch frontend, dynamic batch); parity is judged by this benchmark, not at export
         export_openvino_model(model, xml, (3, *size), atol=float("inf"))
+        note = ""
+        if "int8" in mods:  # the library's openvino-int8 quantisation, calibrated on random images like onnx+int8
+            from transfuse_monai.export import quantize_openvino_int8
+
+            heads = [m for m in INT8_HEADS if m in dict(model.named_modules())]
+            calibration = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(0)).numpy()
+            int8_xml = xml.with_name(f"{xml.stem}_int8.xml")
+            quantize_openvino_int8(xml, int8_xml, calibration, heads)
+            xml, note = int8_xml, (f"; NNCF int8 (transfuse_monai.export.quantize_openvino_int8"
+                                   f"{', ' + '/'.join(heads) + ' in floating point' if heads else ''})")
         ov_net = OpenVINONetwork(xml, precision="f32" if "fp32" in mods else None, num_threads=threads)
         del model
         return Runner(lambda x: ov_net(x), lambda x: x, time.perf_counter() - start,
-                      f"OpenVINO IR, inference precision {ov_net.precision}")
+                      f"OpenVINO IR, inference precision {ov_net.precision}{note}")
 
     if "trt" in mods:
         from monai.networks.utils import convert_to_trt
