@@ -81,3 +81,43 @@ def test_training_override_imports_the_timers():
 
     parser = ConfigParser({**timing_override(Path("timing.json")), "timers": "$attach_timers"})
     assert parser.get_parsed_content("timers") is attach_timers
+
+
+def test_folder_inference_timers_split_the_evaluator_loop(tmp_path):
+    """The timers that ``folder-inference`` attaches to a bundle's evaluator attribute the network and the
+    post-processing to the right phases (a post-processing that sleeps shows up there, not in the network)."""
+    import json
+    import time
+
+    import torch
+    from monai.engines import SupervisedEvaluator
+
+    from benchmarks.folder_inference import attach_timers
+
+    def slow_post(data):
+        time.sleep(0.05)
+        return data
+
+    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, 8, 8)} for _ in range(3)], batch_size=1)
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader,
+                                    network=torch.nn.Conv2d(1, 1, 3, padding=1), postprocessing=slow_post)
+    attach_timers(evaluator, str(tmp_path / "timing.json"))
+    evaluator.run()
+    rec = json.loads((tmp_path / "timing.json").read_text())
+    assert rec["images"] == 3 and rec["num_workers"] == 0
+    assert rec["post_s"] >= 0.15 and rec["network_s"] < 0.15
+    assert rec["data_wait_s"] + rec["network_s"] + rec["post_s"] <= rec["loop_s"]
+
+
+def test_budget_override_stops_at_equal_iterations():
+    """``budget --max-iterations`` adds a stop at the first validation (trainer epoch end) at or after N iterations
+    and records the training precision."""
+    from benchmarks.budget import budget_override
+
+    plain = budget_override(60, 50, "wall", 120, ("val_mean_dice",))
+    capped = budget_override(60, 50, "wall", 120, ("val_mean_dice",), max_iterations=200)
+    added = [e for e in capped["+initialize"] if e not in plain["+initialize"]]
+    assert added == ["$@train#trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.terminate() "
+                     "if e.state.iteration >= 200 else None)"]
+    record = capped["+finalize"][-1]
+    assert "'precision': @fast_paths.precision.reason" in record and capped["train#trainer#epoch_length"] == 50

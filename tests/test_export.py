@@ -371,13 +371,16 @@ def test_inference_onnx_config_matches_pytorch_inference(int8_export, tmp_path):
 
 @pytest.mark.parametrize("bundle", INT8_BUNDLES)
 def test_inference_onnx_overrides_only_the_network(bundle):
-    """inference_onnx.json is layered over inference.json: the same file in every bundle, replacing the network,
-    switching PyTorch's autocast and channels-last off (ONNX Runtime computes in its own precision; the log then says
-    float32 for PyTorch's part, not the bfloat16 it would not use) and disabling handler 0, which must be the
+    """inference_onnx.json is layered over inference.json: the same file in every bundle, naming the ONNX Runtime
+    backend and its options; inference.json builds the network from them and disables handler 0, which must be the
     CheckpointLoader (an ONNX model has no weights to load)."""
     configs = REPO / "bundles" / bundle / "configs"
     onnx_cfg = json.loads((configs / "inference_onnx.json").read_text())
     assert onnx_cfg == json.loads((REPO / "bundles" / "polyp" / "configs" / "inference_onnx.json").read_text())
-    assert set(onnx_cfg) == {"onnx_path", "onnx_threads", "amp", "channels_last", "network", "handlers#0#_disabled_"}
-    assert onnx_cfg["amp"] is False and onnx_cfg["channels_last"] is False
-    assert json.loads((configs / "inference.json").read_text())["handlers"][0]["_target_"] == "CheckpointLoader"
+    assert set(onnx_cfg) == {"onnx_path", "onnx_threads", "backend", "runtime_options"}
+    assert onnx_cfg["backend"] == "onnxruntime"
+    assert onnx_cfg["runtime_options"] == {"model_path": "@onnx_path", "num_threads": "@onnx_threads"}
+    base = json.loads((configs / "inference.json").read_text())
+    assert base["handlers"][0]["_target_"] == "CheckpointLoader"
+    assert base["handlers"][0]["_disabled_"] == "$bool(@init_ckpt) or @runtime.exported"
+    assert base["network"] == "$@runtime.network(@network_init)" and base["inferer"].startswith("$@runtime.inferer(")

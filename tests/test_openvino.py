@@ -102,12 +102,40 @@ def test_inference_openvino_config_matches_pytorch_inference(exported, tmp_path)
         assert (masks[0] == masks[1]).mean() >= 0.999, f"{src.name}: OpenVINO f32 and PyTorch masks differ"
 
 
-def test_inference_openvino_overrides_only_the_network():
+def test_inference_openvino_sets_only_the_runtime():
+    """The layer names the runtime and its options; inference.json builds the network from them (and disables its
+    CheckpointLoader for an export)."""
     layer = json.loads((CONFIGS / "inference_openvino.json").read_text())
-    assert set(layer) == {"openvino_path", "openvino_precision", "openvino_threads", "amp", "channels_last", "network",
-                          "handlers#0#_disabled_"}
-    assert layer["amp"] is False and layer["channels_last"] is False, "OpenVINO picks its own precision"
-    assert json.loads((CONFIGS / "inference.json").read_text())["handlers"][0]["_target_"] == "CheckpointLoader"
+    assert set(layer) == {"openvino_path", "openvino_precision", "openvino_threads", "backend", "runtime_options"}
+    assert layer["backend"] == "openvino" and set(layer["runtime_options"]) == {"model_path", "num_threads",
+                                                                               "precision"}
+    base = json.loads((CONFIGS / "inference.json").read_text())
+    assert base["handlers"][0]["_target_"] == "CheckpointLoader"
+    assert "@runtime.exported" in base["handlers"][0]["_disabled_"] and base["backend"] == "auto"
+
+
+def test_auto_backend_runs_the_openvino_export_beside_the_checkpoint(exported, tmp_path):
+    """inference.json as shipped (amp and backend auto) on a models folder holding model.pt and a newer model.xml
+    runs the IR with OpenVINO and writes every mask; --amp false keeps PyTorch."""
+    from monai.bundle import ConfigWorkflow
+    from PIL import Image
+
+    images = exported["data"] / "TestDataset" / "Kvasir" / "images"
+    runs = {}
+    for name, extra in (("auto", {}), ("float32", {"amp": False})):
+        workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"),
+                                  workflow_type="infer", input_dir=str(images), image_size=TINY, num_workers=0,
+                                  ckpt_dir=str(exported["root"] / "models"), output_dir=str(tmp_path / name), **extra)
+        workflow.initialize()
+        runs[name] = (type(workflow.parser.get_parsed_content("network")).__name__,
+                      workflow.parser.get_parsed_content("runtime").backend.reason)
+        workflow.run()
+        workflow.finalize()
+    assert runs["auto"][0] == "OpenVINONetwork" and "model.xml beside the checkpoint" in runs["auto"][1]
+    assert runs["float32"][0] == "TransFuse" and "amp=false given" in runs["float32"][1]
+    for src in sorted(images.iterdir()):
+        masks = [np.asarray(Image.open(tmp_path / name / f"{src.stem}.png")) > 0 for name in runs]
+        assert masks[0].shape == masks[1].shape and (masks[0] == masks[1]).mean() >= 0.98, src.name
 
 
 def test_missing_model_is_named(tmp_path):

@@ -161,8 +161,8 @@ def load_bundle_network(
 RESOLVED_IDS = ("normalization",)
 #: ``inference.json`` ids the TorchScript file embeds with a fixed value unless overridden: the exported graph is
 #: verified against eager float32, and runtimes that load it (MONAI Deploy) run it in float32 (the bundle's ``"auto"``
-#: precision applies to its own eager network)
-EXPORTED_DEFAULTS = {"amp": False}
+#: precision applies to its own eager network), by PyTorch (not an export the bundle folder may hold beside it)
+EXPORTED_DEFAULTS = {"amp": False, "backend": "pytorch"}
 
 
 def _resolved_ids(bundle_dir: Path, **overrides) -> dict:

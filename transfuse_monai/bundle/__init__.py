@@ -1,5 +1,6 @@
 """Helpers that the MONAI bundles under ``bundles/`` call from their configs: run options parsed once
-(:class:`FastPaths`, :func:`as_bool`), the bundle's own location, the network input size its ``metadata.json``
+(:class:`FastPaths`, :func:`as_bool`), the inference runtime (:class:`InferenceRuntime`: PyTorch or an export
+run by ONNX Runtime or OpenVINO), the bundle's own location, the network input size its ``metadata.json``
 states (:func:`network_input_size`) and the check that its trained weights exist (:func:`require_weights`).
 Dataset-specific code is in :mod:`transfuse_monai.tasks`."""
 
@@ -13,9 +14,14 @@ from transfuse_monai.bundle.options import (
     place_network,
 )
 from transfuse_monai.bundle.paths import find_bundle_root
+from transfuse_monai.bundle.runtime import BACKENDS, Backend, InferenceRuntime, choose_backend
 from transfuse_monai.bundle.weights import require_weights
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
+    "InferenceRuntime",
+    "choose_backend",
     "FastPaths",
     "Precision",
     "choose_precision",

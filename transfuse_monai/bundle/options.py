@@ -55,11 +55,13 @@ def as_bool(value) -> bool:
 
 
 class Precision(NamedTuple):
-    """The precision :func:`choose_precision` chose: autocast on or off, its dtype, and why."""
+    """The precision :func:`choose_precision` chose: autocast on or off, its dtype, why, and whether the hardware
+    chose it (``amp="auto"``) rather than the caller."""
 
     amp: bool
     dtype: torch.dtype | None
     reason: str
+    auto: bool = False
 
 
 def choose_precision(device: str | torch.device, amp: bool | str = "auto") -> Precision:
@@ -83,17 +85,19 @@ def choose_precision(device: str | torch.device, amp: bool | str = "auto") -> Pr
         return Precision(explicit, default_dtype if explicit else None, f"amp={str(explicit).lower()} given")
     if device.type == "cuda":
         if torch.cuda.get_device_capability(device)[0] >= 8:  # Ampere and later (as the hardware probe reports)
-            return Precision(True, torch.bfloat16, f"auto: {torch.cuda.get_device_name(device)} computes bfloat16")
-        return Precision(True, torch.float16, f"auto: {torch.cuda.get_device_name(device)} has no bfloat16, float16")
+            return Precision(True, torch.bfloat16, f"auto: {torch.cuda.get_device_name(device)} computes bfloat16",
+                             True)
+        return Precision(True, torch.float16, f"auto: {torch.cuda.get_device_name(device)} has no bfloat16, float16",
+                         True)
     if device.type != "cpu":
-        return Precision(False, None, f"auto: no mixed precision path on '{device.type}'")
+        return Precision(False, None, f"auto: no mixed precision path on '{device.type}'", True)
     from transfuse_monai.utils.hardware import probe
 
     info = probe()
     if info.cpu_bf16:
-        return Precision(True, torch.bfloat16, f"auto: native bfloat16 on this CPU ({info.cpu_kind})")
+        return Precision(True, torch.bfloat16, f"auto: native bfloat16 on this CPU ({info.cpu_kind})", True)
     return Precision(False, None, f"auto: no native bfloat16 on this CPU ({info.cpu_kind}, kernels "
-                                  f"{info.torch_capability}); emulated bfloat16 is slower than float32")
+                                  f"{info.torch_capability}); emulated bfloat16 is slower than float32", True)
 
 
 def place_network(network: nn.Module, device: str | torch.device, channels_last: bool = False) -> nn.Module:

@@ -1,0 +1,179 @@
+# Copyright (c) transfuse-monai contributors.
+# Licensed under the Apache License, Version 2.0.
+"""The runtime that runs a bundle's network for inference: PyTorch, or an export beside the checkpoint run by ONNX
+Runtime or OpenVINO, chosen once per run (``backend``, default ``"auto"``).
+
+``"auto"`` takes the fastest runtime the hardware and the bundle's ``models`` folder allow, in the order measured
+on CPUs (``benchmarks/RESULTS.md``):
+
+* on a CPU with native bfloat16 (AMX, AVX512-BF16): the OpenVINO IR ``model.xml`` (OpenVINO compiles it in bfloat16
+  there: 0.43x of fp32 eager on an AVX512-BF16 host, 0.21x with AMX, against 0.53x and 0.40x for PyTorch's bfloat16
+  autocast), else PyTorch in the precision of ``amp`` (bfloat16 autocast with channels-last);
+* on other CPUs: an int8 export (``model_int8.onnx``, then ``model_int8.xml``; 0.49-0.53x of fp32 eager on an AVX2
+  host), then ``model.xml`` (0.69x), then ``model.onnx`` (0.68x), else PyTorch in float32;
+* on a GPU: PyTorch (autocast per ``amp``).
+
+An export is taken only when it is at least as new as ``model.pt`` (an export older than the checkpoint was made
+from other weights, and is skipped with a warning), its runtime is installed, and ``amp`` is ``"auto"``: an explicit
+``amp`` (``--amp false`` for float32 reference runs) keeps PyTorch. ``backend`` ``"pytorch"``, ``"onnxruntime"``
+or ``"openvino"`` forces one (the latter two run ``model_path``, else the first of their files found in the order
+above); the layers ``inference_onnx.json`` and ``inference_openvino.json`` do that. The log says
+which runtime and file were chosen and why. In a bundle's ``inference.json``::
+
+    "backend": "auto",
+    "runtime": "$transfuse_monai.bundle.InferenceRuntime(@fast_paths, @ckpt_path, @backend)",
+    "network": "$@runtime.network(@network_init)",
+    "handlers": [{"_target_": "CheckpointLoader", ..., "_disabled_": "$bool(@init_ckpt) or @runtime.exported"}, ...]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch.nn as nn
+
+from transfuse_monai.bundle.options import FastPaths
+
+__all__ = ["BACKENDS", "EXPORT_FILES", "Backend", "choose_backend", "InferenceRuntime"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "pytorch", "onnxruntime", "openvino")
+#: the exports a bundle's ``models`` folder may hold (the names ``python -m transfuse_monai.export`` writes), with
+#: the runtime and the Python module each needs
+EXPORT_FILES = {
+    "model_int8.onnx": ("onnxruntime", "onnxruntime"),
+    "model_int8.xml": ("openvino", "openvino"),
+    "model.xml": ("openvino", "openvino"),
+    "model.onnx": ("onnxruntime", "onnxruntime"),
+}
+#: the order ``"auto"`` tries the exports in, by whether the CPU computes bfloat16 natively
+AUTO_ORDER = {True: ("model.xml",), False: ("model_int8.onnx", "model_int8.xml", "model.xml", "model.onnx")}
+
+
+class Backend(NamedTuple):
+    """What :func:`choose_backend` chose: the runtime, the export it runs (``None`` for PyTorch) and why."""
+
+    name: str
+    model_path: Path | None
+    reason: str
+
+
+def choose_backend(fast_paths: FastPaths, ckpt_path: str | os.PathLike, backend: str = "auto",
+                   model_path: str | os.PathLike | None = None) -> Backend:
+    """The runtime of a bundle's inference network (see the module's description).
+
+    Args:
+        fast_paths: the run's precision switches (device, ``amp`` as given, and whether it was ``"auto"``).
+        ckpt_path: the checkpoint (``models/model.pt``); the exports are looked for beside it.
+        backend: ``"auto"``, ``"pytorch"``, ``"onnxruntime"`` or ``"openvino"``.
+        model_path: with ``"onnxruntime"`` or ``"openvino"``: the export to run, instead of the first found beside
+            the checkpoint.
+
+    Raises:
+        ValueError: an unknown ``backend``.
+        FileNotFoundError: ``backend`` names a runtime none of whose exports is beside the checkpoint.
+        ModuleNotFoundError: ``backend`` names a runtime that is not installed.
+    """
+    backend = str(backend).strip().lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    if backend == "pytorch":
+        return Backend("pytorch", None, "backend=pytorch given")
+    ckpt = Path(ckpt_path)
+    folder = ckpt.parent
+    if backend != "auto":
+        if importlib.util.find_spec(backend) is None:
+            extra = " (pip install 'transfuse-monai[openvino]')" if backend == "openvino" else ""
+            raise ModuleNotFoundError(f"backend={backend}: {backend} is not installed{extra}.")
+        if model_path is not None:
+            if not Path(model_path).is_file():
+                raise FileNotFoundError(f"backend={backend}: {model_path} not found; export it with python -m "
+                                        "transfuse_monai.export <bundle> --formats ...")
+            return Backend(backend, Path(model_path), f"backend={backend} given")
+        files = [f for f in AUTO_ORDER[False] if EXPORT_FILES[f][0] == backend]
+        found = [folder / f for f in files if (folder / f).is_file()]
+        if not found:
+            raise FileNotFoundError(f"backend={backend}: none of {', '.join(files)} in {folder}; export one with "
+                                    "python -m transfuse_monai.export <bundle> --formats ...")
+        return Backend(backend, found[0], f"backend={backend} given, the first of {', '.join(files)} found")
+    device = fast_paths.device
+    if device.type != "cpu":
+        return Backend("pytorch", None, f"auto: PyTorch on {device.type}")
+    if not fast_paths.precision.auto:
+        return Backend("pytorch", None, f"auto: PyTorch, as {fast_paths.precision.reason}")
+    native_bf16 = fast_paths.amp  # "auto" precision turned autocast on: the CPU computes bfloat16 natively
+    ckpt_time = ckpt.stat().st_mtime if ckpt.is_file() else None
+    for name in AUTO_ORDER[native_bf16]:
+        path = folder / name
+        if not path.is_file():
+            continue
+        runtime, module = EXPORT_FILES[name]
+        if ckpt_time is not None and path.stat().st_mtime < ckpt_time:
+            logger.warning("%s is older than %s (exported from other weights?): not used; export again with "
+                           "python -m transfuse_monai.export.", path, ckpt.name)
+            continue
+        if importlib.util.find_spec(module) is None:
+            logger.info("%s found, but %s is not installed: not used.", path.name, module)
+            continue
+        hardware = "native bfloat16" if native_bf16 else "no native bfloat16"
+        return Backend(runtime, path, f"auto: {name} beside the checkpoint, the fastest runtime measured on CPUs "
+                                      f"with {hardware}")
+    return Backend("pytorch", None, "auto: PyTorch (no usable export beside the checkpoint)")
+
+
+class InferenceRuntime:
+    """The runtime of a bundle's inference, chosen once (:func:`choose_backend`) and logged.
+
+    Args:
+        fast_paths: the run's :class:`~transfuse_monai.bundle.FastPaths` (PyTorch's precision and placement).
+        ckpt_path: the checkpoint; the exports are looked for beside it.
+        backend: ``"auto"`` (default), ``"pytorch"``, ``"onnxruntime"`` or ``"openvino"``.
+        model_path: the export to run with an explicit ``backend`` (default: found beside the checkpoint).
+        num_threads: threads of ONNX Runtime / OpenVINO (default: PyTorch's).
+        precision: OpenVINO's inference precision hint (``"f32"``, ``"bf16"``); default the device's.
+
+    Attributes:
+        backend: the :class:`Backend` chosen.
+        exported: whether an export runs (then there are no weights to load: the bundle's ``CheckpointLoader`` is
+            disabled).
+    """
+
+    def __init__(self, fast_paths: FastPaths, ckpt_path: str | os.PathLike, backend: str = "auto",
+                 model_path: str | os.PathLike | None = None, num_threads: int | None = None,
+                 precision: str | None = None) -> None:
+        self.fast_paths = fast_paths
+        self.backend = choose_backend(fast_paths, ckpt_path, backend, model_path)
+        self.exported = self.backend.name != "pytorch"
+        self.num_threads = num_threads
+        self.precision = precision
+        where = f" {self.backend.model_path}" if self.backend.model_path else ""
+        logger.info("Inference runtime: %s%s (%s).", self.backend.name, where, self.backend.reason)
+
+    def network(self, network: nn.Module) -> nn.Module:
+        """``network`` placed for PyTorch (:meth:`FastPaths.place`), or the export run by its runtime."""
+        if self.backend.name == "onnxruntime":
+            from transfuse_monai.inferers import OnnxRuntimeNetwork
+
+            return OnnxRuntimeNetwork(self.backend.model_path, intra_op_num_threads=self.num_threads)
+        if self.backend.name == "openvino":
+            from transfuse_monai.inferers import OpenVINONetwork
+
+            return OpenVINONetwork(self.backend.model_path, precision=self.precision, num_threads=self.num_threads)
+        return self.fast_paths.place(network)
+
+    def inferer(self, inferer=None):
+        """:meth:`FastPaths.inferer` for PyTorch; for an export the inferer without autocast or channels-last (the
+        runtime computes in its own precision)."""
+        if not self.exported:
+            return self.fast_paths.inferer(inferer)
+        from monai.inferers import SimpleInferer
+
+        return SimpleInferer() if inferer is None else inferer
+
+    def __repr__(self) -> str:
+        return f"InferenceRuntime(backend={self.backend.name!r}, model_path={str(self.backend.model_path)!r})"
