@@ -64,8 +64,10 @@ def test_export_all_formats_match_eager(bundle, tmp_path):
 
         assert embedded.pop("normalization") == pretrained_normalization("S", get_task(bundle).in_channels)
         config.pop("normalization")
-    # the archive runs in float32 where it is loaded (MONAI Deploy), whatever precision the bundle picks for itself
+    # the archive runs in float32 by PyTorch where it is loaded (MONAI Deploy), whatever precision and runtime the
+    # bundle picks for itself
     assert config.pop("amp") == "auto" and embedded.pop("amp") is False
+    assert config.pop("backend") == "auto" and embedded.pop("backend") == "pytorch"
     assert embedded == config
 
     import onnxruntime as ort
