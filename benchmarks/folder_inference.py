@@ -7,8 +7,10 @@ Every path runs the bundle as a user does (``python -m monai.bundle run --config
 own: load, pre-process, network, invert, threshold, write the PNG masks) on one folder holding the PraNet test
 images (Kvasir and CVC-ClinicDB, 162 images, linked in place, never copied):
 
-    fp32            inference.json with --amp false --channels_last false (the float32 reference)
-    auto            inference.json as shipped (amp=auto: bfloat16 + channels-last on CPUs with native bfloat16)
+    fp32            inference.json with --amp false --channels_last false (PyTorch float32, the reference)
+    amp             inference.json with --amp true --backend pytorch (PyTorch bfloat16 autocast + channels-last)
+    auto            inference.json as shipped, every export beside the checkpoint: amp and backend auto choose
+                    (on CPUs with native bfloat16: OpenVINO's model.xml; elsewhere the int8 ONNX export)
     onnx            + inference_onnx.json on the fp32 ONNX export (ONNX Runtime)
     onnx-int8       + inference_onnx.json on the onnx-int8 export
     openvino        + inference_openvino.json (the CPU's default precision)
@@ -60,7 +62,8 @@ CONFIGS = REPO / "bundles" / "polyp" / "configs"
 TEST_SETS = ("Kvasir", "CVC-ClinicDB")
 #: path -> (config layers over inference.json, command-line overrides; "{models}" is the exports folder)
 PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "fp32": ((), ("--amp", "false", "--channels_last", "false")),
+    "fp32": ((), ("--amp", "false", "--channels_last", "false", "--backend", "pytorch")),
+    "amp": ((), ("--amp", "true", "--backend", "pytorch")),
     "auto": ((), ()),
     "onnx": (("inference_onnx.json",), ("--onnx_path", "{models}/model.onnx")),
     "onnx-int8": (("inference_onnx.json",), ("--onnx_path", "{models}/model_int8.onnx")),
@@ -201,11 +204,14 @@ def run(args: argparse.Namespace) -> None:
             written = len(list(masks.glob("*.png")))
             if written != n:
                 raise SystemExit(f"{path}: {written} masks written for {n} images (log: {env_log})")
-            precision = next((line.split("Precision on ", 1)[1].strip() for line in env_log.read_text().splitlines()
-                              if "Precision on " in line), None)
-            openvino = next((line.split("compiled for ", 1)[1].strip() for line in env_log.read_text().splitlines()
-                             if "OpenVINO model" in line and "compiled for " in line), None)
-            rec.update(process_s=wall, precision=precision, openvino=openvino)
+            log_lines = env_log.read_text().splitlines()
+
+            def logged(marker: str) -> str | None:
+                return next((line.split(marker, 1)[1].strip().rstrip(".") for line in log_lines if marker in line),
+                            None)
+
+            rec.update(process_s=wall, runtime=logged("Inference runtime: "), precision=logged("Precision on "),
+                       openvino=logged("compiled for "))
             records[path].append(rec)
             print(f"round {r + 1}/{args.rounds} {path}: {n / rec['loop_s']:.2f} images/s in the loop, "
                   f"{n / wall:.2f} images/s with start-up", flush=True)
@@ -227,7 +233,7 @@ def run(args: argparse.Namespace) -> None:
             f"{1000 * s['data_wait_s'] / n:.0f} ({100 * s['data_wait_s'] / loop:.0f}%)",
             f"{1000 * s['network_s'] / n:.0f} ({100 * s['network_s'] / loop:.0f}%)",
             f"{1000 * s['post_s'] / n:.0f} ({100 * s['post_s'] / loop:.0f}%)",
-            s["openvino"] or s["precision"] or "",
+            "; ".join(x for x in (s["runtime"], s["openvino"] or s["precision"]) if x),
         ])
     workers = next(iter(summary.values()))["num_workers"]
     report = "\n".join([
@@ -235,7 +241,7 @@ def run(args: argparse.Namespace) -> None:
         f"{args.ckpt}; host {cpu_isa()}, {next(iter(summary.values()))['torch_threads']} threads, {workers} "
         f"DataLoader workers, load {loadavg()} at the end; median of {args.rounds} round(s).", "",
         *md_table(["path", "images/s (loop)", "vs fp32", "images/s (process)", "start-up s", "data wait ms/image",
-                   "network ms/image", "post-processing + writing ms/image", "precision"], rows, align="lrrrrrrrl"),
+                   "network ms/image", "post-processing + writing ms/image", "runtime; precision (as logged)"], rows, align="lrrrrrrrl"),
         "", "Commands (from the repository root):", "", *(f"    {c}" for c in commands.values()), ""])
     print("\n" + report)
     write_results(out, report, {"settings": {k: str(v) for k, v in vars(args).items()}, "images": n,
