@@ -241,12 +241,16 @@ def test_evaluation_and_inference_without_weights_fail_first(name, tmp_path):
     assert f"--ckpt_path {ckpt / 'checkpoint_last.pt'}" in message
     assert not (tmp_path / "pred").exists()
 
-    # the check passes with --ckpt_path naming a file that is there, and inference_onnx.json (which loads no .pt)
-    # requires nothing
+    # the check passes with --ckpt_path naming a file that is there; inference_onnx.json loads no .pt but needs its
+    # ONNX model, and names it before any work when it is missing
     last = str(ckpt / "checkpoint_last.pt")
     assert _workflow(name, ["inference.json"], ckpt_path=last, **inference).parser.get_parsed_content("run#0") == last
     onnx = _workflow(name, ["inference.json", "inference_onnx.json"], ckpt_dir=str(tmp_path / "empty"), **inference)
-    assert onnx.parser.get_parsed_content("run#0") is True
+    with pytest.raises(RuntimeError) as failure:
+        onnx.parser.get_parsed_content("run#0")
+    cause = failure.value.__cause__
+    assert isinstance(cause, FileNotFoundError) and "empty/model_int8.onnx not found; export it" in str(cause)
+    assert not (tmp_path / "pred").exists()
 
 
 def test_export_without_weights_fails_first(tmp_path, capsys):
