@@ -14,6 +14,7 @@ reference) and once through each path of ``--paths``:
     openvino            the OpenVINO IR in the CPU's default precision (bfloat16 with AMX / AVX512-BF16)
     openvino+fp32       the same IR forced to float32
     openvino-int8       the openvino-int8 export (NNCF int8)
+    openvino-onnx-int8  the onnx-int8 export read and run by OpenVINO itself
 
 Each mask is scored against the ground truth resized to the model resolution (nearest). Per path the report gives,
 overall and per set, the mean Dice, the mean, 95th percentile and maximum of the per-image |Dice(path) - Dice(fp32)|
@@ -57,6 +58,7 @@ PATHS = {
     "openvino": "OpenVINO, default precision",
     "openvino+fp32": "OpenVINO f32",
     "openvino-int8": "OpenVINO int8 (openvino-int8 export, NNCF)",
+    "openvino-onnx-int8": "OpenVINO running the onnx-int8 export (what ONNX Runtime's OpenVINO provider runs)",
 }
 GOAL_MEAN, GOAL_P95 = 0.005, 0.02
 
@@ -172,6 +174,14 @@ def build_path(name: str, args, net: torch.nn.Module, size: list[int], exports: 
         model = OpenVINONetwork(exports / "model.xml", precision="f32" if name.endswith("fp32") else None,
                                 num_threads=args.threads)
         return model, f"inference precision {model.precision}"
+    if name == "openvino-onnx-int8":
+        path = Path(args.int8) if args.int8 else exports / "model_int8.onnx"
+        if not path.is_file():
+            ex.export_onnx_int8(BUNDLE, path, args.ckpt, calib_dir=args.data, calib_count=args.calib_count,
+                                min_dice=0.0, reduce_range=not args.full_range, float_modules=float_modules,
+                                activation_products=args.activation_products, image_size=size)
+        model = OpenVINONetwork(path, num_threads=args.threads)
+        return model, f"{path.name}, the floating point part in {model.precision}"
     if name == "openvino-int8":
         info = ex.export_openvino_int8(BUNDLE, exports / "model_int8.xml", args.ckpt, calib_dir=args.data,
                                        calib_count=args.calib_count, min_dice=0.0, float_modules=float_modules,

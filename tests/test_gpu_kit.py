@@ -39,6 +39,7 @@ def test_smoke_run_writes_every_stage(tmp_path):
     assert models["status"] == "ok", models
     ok = [r for r in models["rows"] if r["status"] == "ok"]
     assert {r["model"] for r in ok} == {"transfuse_s", "flexible_unet"}
+    assert {r["path"] for r in ok} == {"eager", "auto", "channels_last+bf16"}  # auto: the bundles' default
     for r in ok:
         assert r["latency_ms"]["median"] > 0 and r["throughput_img_s"] > 0 and r["gmacs"] > 0
         assert _number(r["parity"]["max_abs_diff"]) and r["parity"]["passed"] in (True, False)

@@ -186,3 +186,15 @@ def test_failed_openvino_int8_verification_leaves_no_file(exported, tmp_path, mo
                                     exported["ckpt"], calib_dir=exported["data"], calib_count=2, verify_count=2,
                                     image_size=TINY)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_openvino_network_runs_an_onnx_model(tmp_path):
+    """OpenVINO reads ONNX directly (an int8 QDQ export then runs on its int8 kernels): no .bin is required."""
+    from transfuse_monai.export import export_onnx_model
+    from transfuse_monai.inferers import OpenVINONetwork
+
+    net = torch.nn.Conv2d(3, 2, 3, padding=1).eval()
+    export_onnx_model(net, tmp_path / "model.onnx", (3, 16, 16))
+    model = OpenVINONetwork(tmp_path / "model.onnx", precision="f32", num_threads=1)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(x), net(x), atol=1e-4, rtol=1e-4)

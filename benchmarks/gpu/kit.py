@@ -7,7 +7,7 @@ Stages, each a ``python -m benchmarks`` subprocess with its own deadline, in thi
 
 1. ``models``: ``python -m benchmarks models`` on CUDA at 352x352: batch-1 latency (FPS) and batch-16 throughput of
    TransFuse-S/L/L*, the authors' TransFuse_S, PraNet and HarDNet-MSEG (when ``fetch_peers.sh`` fetched their code)
-   and the MONAI peers, on the fp32 / channels-last / bf16 / fp16 / CUDA-graph paths, each with its parity check
+   and the MONAI peers, on the fp32 / auto / channels-last / bf16 / fp16 / CUDA-graph paths, each with its parity check
    against fp32 eager, FLOPs (``FlopCounterMode``) and the fraction of the GPU's peak FLOP/s (:data:`PEAK_TFLOPS`).
    Its ``--time-limit`` stops starting new measurements at the stage's deadline; the rest is reported as skipped.
 2. ``compile``: the same for TransFuse-S with ``torch.compile`` (channels-last bf16), if time is left.
@@ -60,11 +60,12 @@ MODELS = ("transfuse_s", "authors_s", "pranet", "hardnet_mseg", "flexible_unet",
           "unet", "attention_unet", "swin_unetr")
 PEER_CHECKOUTS = {"authors_s": ("--authors-repo", "TransFuse"), "pranet": ("--pranet-repo", "PraNet"),
                   "hardnet_mseg": ("--hardnet-repo", "HarDNet-MSEG")}
-GPU_PATHS = ("eager", "channels_last", "bf16", "fp16", "channels_last+bf16", "channels_last+fp16", "cudagraphs",
+#: ``auto``: what the bundles' default ``--amp auto`` runs on the GPU (bf16 autocast on Ampere and later)
+GPU_PATHS = ("eager", "auto", "channels_last", "bf16", "fp16", "channels_last+bf16", "channels_last+fp16", "cudagraphs",
              "channels_last+bf16+cudagraphs")
 COMPILE_PATHS = ("eager", "channels_last+bf16+compile")
-#: --smoke on a CPU: two paths that run there and three CUDA-only ones (recorded as not available)
-SMOKE_PATHS = ("eager", "channels_last+bf16", "fp16", "cudagraphs", "channels_last+bf16+cudagraphs")
+#: --smoke on a CPU: three paths that run there and three CUDA-only ones (recorded as not available)
+SMOKE_PATHS = ("eager", "auto", "channels_last+bf16", "fp16", "cudagraphs", "channels_last+bf16+cudagraphs")
 TRAIN_MODELS = {"train_transfuse_s": "transfuse_s", "train_flexunet_resnet34": "flexunet_resnet34"}
 LEFT_OUT = ("TensorRT and onnxruntime-gpu: too large to travel with the kit (64 MiB limit); the `trt` path of "
             "`python -m benchmarks models` needs them, the ONNX Runtime path here is CPU-only")

@@ -224,8 +224,10 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
         except Exception as e:
             # e.g. MONAI's ResNet "A" shortcut (FlexibleUNet) lifts a constant that the dynamo exporter cannot
             # serialise, and the traced graph bakes the batch size into it
-            exporter = f"TorchScript exporter, static batch per size (dynamo export failed: {type(e).__name__})"
-            for b in sorted({1, batch}):
+            exporter = (f"TorchScript exporter, static batch {'1, batches run image by image' if int8 else 'per size'}"
+                        f" (dynamo export failed: {type(e).__name__})")
+            # int8: the batch-1 graph only (calibration feeds one image at a time), run image by image at batch B
+            for b in [1] if int8 else sorted({1, batch}):
                 path = stem.with_name(f"{stem.name}_b{b}.onnx")
                 torch.onnx.export(model, (torch.randn(b, 3, *size),), str(path), input_names=["image"],
                                   output_names=["pred"], opset_version=18, dynamo=False)
@@ -233,7 +235,9 @@ def prepare_onnx(model: nn.Module, size, batch: int, tmpdir: Path, threads: int,
     setup = time.perf_counter() - start
 
     def run_onnx(x):
-        session = sessions.get(int(x.shape[0])) or next(iter(sessions.values()))
+        session = sessions.get(int(x.shape[0]))
+        if session is None:  # a static batch-1 graph: one call per image
+            return torch.cat([run_onnx(x[i : i + 1]) for i in range(x.shape[0])])
         (out,) = session.run(None, {"image": np.ascontiguousarray(x.numpy())})
         return torch.from_numpy(out).float()
 

@@ -35,7 +35,8 @@ class OpenVINONetwork(torch.nn.Module):
     ``.train()`` change nothing, and the bundles' ``inference_openvino.json`` disables their ``CheckpointLoader``.
 
     Args:
-        model_path: the ``.xml`` file written by ``python -m transfuse_monai.export <bundle> --formats openvino``.
+        model_path: the ``.xml`` file written by ``python -m transfuse_monai.export <bundle> --formats openvino``, or
+            an ONNX model, which OpenVINO reads directly (an int8 QDQ model then runs on OpenVINO's int8 kernels).
         device: the OpenVINO device (``"CPU"``, ``"GPU"``, ``"AUTO"``).
         precision: the inference precision hint (``"f32"``, ``"bf16"``, ``"f16"``); ``None`` keeps the device's
             default.
@@ -66,7 +67,7 @@ class OpenVINONetwork(torch.nn.Module):
                 "OpenVINO is not installed: pip install 'transfuse-monai[openvino]' (or pip install openvino)."
             ) from err
         path = Path(model_path)
-        for needed in (path, path.with_suffix(".bin")):
+        for needed in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
             if not needed.is_file():
                 raise FileNotFoundError(
                     f"OpenVINO model file {needed} not found; export it with python -m transfuse_monai.export "
