@@ -7,7 +7,7 @@ Runtime or OpenVINO, chosen once per run (``backend``, default ``"auto"``).
 on CPUs (``benchmarks/RESULTS.md``):
 
 * on a CPU with native bfloat16 (AMX, AVX512-BF16): the OpenVINO IR ``model.xml`` (OpenVINO compiles it in bfloat16
-  there: 0.43x of fp32 eager on an AVX512-BF16 host, 0.21x with AMX, against 0.53x and 0.40x for PyTorch's bfloat16
+  there: 0.40x of fp32 eager on an AVX512-BF16 host, 0.21x with AMX, against 0.54x and 0.40x for PyTorch's bfloat16
   autocast), else PyTorch in the precision of ``amp`` (bfloat16 autocast with channels-last);
 * on other CPUs: the int8 ONNX export ``model_int8.onnx`` (0.49x of fp32 eager on an AVX2 host), then ``model.xml``
   (0.69x), then ``model.onnx`` (0.68x), else PyTorch in float32;
@@ -18,12 +18,13 @@ from other weights, and is skipped with a warning), its runtime is installed, an
 ``amp`` (``--amp false`` for float32 reference runs) keeps PyTorch. ``backend`` ``"pytorch"``, ``"onnxruntime"``
 or ``"openvino"`` forces one (the latter two run ``model_path``, else the first of their files found:
 ``model_int8.onnx`` then ``model.onnx``; ``model.xml`` then ``model_int8.xml``); the layers ``inference_onnx.json``
-and ``inference_openvino.json`` do that. Only exports whose masks met the parity goal on real images are taken by
-``"auto"``: the NNCF int8 IR is not. The log says
-which runtime and file were chosen and why. In a bundle's ``inference.json``::
+and ``inference_openvino.json`` do that, through ``runtime_options``. Only exports whose masks met the parity goal
+on real images are taken by ``"auto"``: the NNCF int8 IR is not. The log says which runtime and file were chosen and
+why. In a bundle's ``inference.json``::
 
     "backend": "auto",
-    "runtime": "$transfuse_monai.bundle.InferenceRuntime(@fast_paths, @ckpt_path, @backend)",
+    "runtime_options": {},
+    "runtime": "$transfuse_monai.bundle.InferenceRuntime(@fast_paths, @ckpt_path, @backend, **@runtime_options)",
     "network": "$@runtime.network(@network_init)",
     "handlers": [{"_target_": "CheckpointLoader", ..., "_disabled_": "$bool(@init_ckpt) or @runtime.exported"}, ...]
 """
