@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy-timing": ("benchmarks.deploy_timing", "seconds per item through the MONAI Deploy apps"),
     "folder-inference": ("benchmarks.folder_inference", "polyp bundle folder inference per path: images/s, profile"),
     "parity": ("benchmarks.parity", "Dice change of every fast path and export on polyp images"),
+    "nnunet": ("benchmarks.nnunet", "TransFuse-S vs nnU-Net's 2D U-Net, trained by nnU-Net for equal time"),
     "gpu-kit": ("benchmarks.gpu.kit", "the GPU run kit's stages (run by benchmarks/gpu/run.sh)"),
     "gpu-pack-data": ("benchmarks.gpu.pack_data", "pack the polyp data that travels with the GPU kit"),
 }

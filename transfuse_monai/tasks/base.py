@@ -166,6 +166,29 @@ class SegmentationTask:
 
         return image_datalist(source, exclude_suffixes=self.exclude_suffixes)
 
+    def load_transforms(self, keys: Sequence[str] = ("image", "label")) -> list:
+        """The MONAI transforms that load one labelled 2D item as the task stores it: a channel-first image with
+        :attr:`in_channels` channels and a ``(1, H, W)`` class-index label (:class:`~transfuse_monai.transforms.
+        ClassIndexd`), for consumers outside the bundles (``python -m transfuse_monai.nnunet convert``).
+
+        The default reads pictures (PNG, JPEG, BMP, TIFF) with MONAI's ``PILReader``; tasks storing other formats
+        override it (the hip task reads DICOM and NIfTI radiographs with their pixel spacing).
+
+        Args:
+            keys: the keys of the image and of the label.
+        """
+        from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+        from transfuse_monai.transforms import ClassIndexd, EnsureNumChannelsd
+
+        image, label = keys
+        return [
+            LoadImaged(keys=[image, label], reader="PILReader", reverse_indexing=False, image_only=True),
+            EnsureChannelFirstd(keys=[image, label]),
+            EnsureNumChannelsd(keys=image, num_channels=self.in_channels),
+            ClassIndexd(keys=label, num_classes=self.num_classes),
+        ]
+
     def input_problems(self, path: str | os.PathLike) -> list[str]:
         """Why the inference input ``path`` cannot be segmented (an empty list when it can), from one read of the
         file: inference skips such inputs and lists them in its report instead of failing inside a DataLoader worker.

@@ -181,6 +181,24 @@ class HipTask(SegmentationTask):
                 problems.append(str(err))
         return problems
 
+    def load_transforms(self, keys: Sequence[str] = ("image", "label")) -> list:
+        """Radiographs and label maps in any format of :data:`~transfuse_monai.data.RADIOGRAPH_EXTENSIONS` read by
+        :class:`~transfuse_monai.data.RadiographReader`, with their pixel spacing (from the file, else the item's
+        ``spacing``; required) in the metadata and affine."""
+        from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+        from transfuse_monai.data.readers import RadiographReader
+        from transfuse_monai.transforms import ClassIndexd, RadiographSpacingd
+
+        image, label = keys
+        return [
+            LoadImaged(keys=image, reader=RadiographReader(), image_only=True),
+            LoadImaged(keys=label, reader=RadiographReader(label=True), image_only=True),
+            EnsureChannelFirstd(keys=[image, label]),
+            RadiographSpacingd(keys=[image, label], reference_key=image, required=True),
+            ClassIndexd(keys=label, num_classes=self.num_classes),
+        ]
+
     def input_problems(self, path: str | os.PathLike) -> list[str]:
         """Why the inference input ``path`` cannot be segmented (empty when it can): a file this task does not
         read, or one that does not decode to a 2D radiograph (:func:`probe_radiograph`)."""
