@@ -8,6 +8,12 @@ Run from the MONAI Label server environment (``bash monailabel_app/setup_server_
 each a copy of ``bundles/<name>`` with its weights at ``models/model.pt``. The app never downloads anything: no model
 zoo look-up and no SAM2, so it starts offline.
 
+Active learning: ``epistemic`` scoring runs the model of ``--conf epistemic_model`` (default: the first of ``models``)
+``epistemic_samples`` times per unlabelled image with Monte Carlo dropout (rate ``epistemic_dropout``; BatchNorm and
+everything else in inference mode, the final head's probabilities) and stores MONAI Label's ``epistemic_entropy`` score
+in the datastore; the ``epistemic`` strategy serves the unlabelled image with the highest score (``random`` and
+``first`` are there too). ``--conf epistemic_samples 0`` turns scoring off.
+
 Labels: MONAI Label writes a label in the request's ``result_extension`` and, without one, in the input image's
 format, which for endoscopy and dermoscopy frames is JPEG: a lossy label whose pixels are no longer the class values.
 Here a 2D model's label defaults to a uint8 PNG instead, and a volume model's (``dimension`` 3, e.g. prostate) to a
@@ -24,15 +30,20 @@ from typing import Any
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
 import transfuse_monai
+
+from lib.epistemic import EPISTEMIC_DEFAULTS, MCDropoutBundleInferTask
 
 logger = logging.getLogger(__name__)
 
@@ -117,4 +128,20 @@ class TransFuseApp(MONAILabelApp):
         return trainers
 
     def init_strategies(self) -> dict[str, Strategy]:
-        return {"random": Random(), "first": First()}
+        return {"random": Random(), "first": First(), "epistemic": Epistemic()}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        name = self.conf.get("epistemic_model") or next(iter(self.models))
+        if name not in self.models:
+            raise ValueError(f"--conf epistemic_model {name}: not one of the served models {sorted(self.models)}")
+        dimension = self._infers[name].dimension if name in self._infers else 2
+        defaults = EPISTEMIC_DEFAULTS[3 if dimension == 3 else 2]
+        samples = int(self.conf.get("epistemic_samples", defaults["samples"]))
+        if samples <= 0:
+            return {}
+        dropout = float(self.conf.get("epistemic_dropout", defaults["dropout"]))
+        task = MCDropoutBundleInferTask(self.models[name], self.conf, dropout=dropout)
+        if not task.is_valid():
+            raise ValueError(f"bundle '{name}' at {self.models[name]} did not load for epistemic scoring")
+        logger.info(f"+++ Adding Scoring Method:: epistemic => {name}: {samples} passes, dropout {dropout}")
+        return {"epistemic": EpistemicScoring(task, simulation_size=max(2, samples))}

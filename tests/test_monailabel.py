@@ -125,3 +125,74 @@ def test_bundle_train_task_trains_from_a_datastore(bundle, tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "training through MONAI Label did not update models/model.pt"
     assert (path / "models" / "checkpoint_last.pt").is_file()
+
+
+def _train_briefly(path: Path, images: list[Path], masks: list[Path], size: int = 64, iterations: int = 80) -> None:
+    """Fit the bundle copy's network to a few generated frames (plain PyTorch, seconds) and save it as model.pt."""
+    from transfuse_monai.networks.nets import TransFuse
+
+    to_tensor = lambda p, rgb: torch.as_tensor(np.asarray(Image.open(p).convert("RGB" if rgb else "L").resize(  # noqa: E731
+        (size, size)), dtype=np.float32))
+    x = torch.stack([to_tensor(p, True).permute(2, 0, 1) / 255.0 for p in images])
+    x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
+    y = torch.stack([(to_tensor(p, False) > 127).float()[None] for p in masks])
+    torch.manual_seed(0)
+    net = TransFuse(in_channels=3, out_channels=1, img_size=(size, size), dropout=0.2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    for step in range(iterations):
+        batch = torch.arange(4) + (4 * step) % len(x)
+        out = net(x[batch % len(x)])
+        loss = sum(w * torch.nn.functional.binary_cross_entropy_with_logits(out[:, i], y[batch % len(x)])
+                   for i, w in enumerate((0.5, 0.3, 0.2)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.save(net.state_dict(), path / "models" / "model.pt")
+
+
+def test_epistemic_scores_rank_unfamiliar_images_first(tmp_path, two_threads):
+    """A polyp model trained briefly on generated endoscopy frames scores unseen frames of that kind lower than
+    skin-lesion pictures it never saw; the ``epistemic`` strategy then serves a skin-lesion picture first."""
+    import sys
+
+    from monailabel.datastore.local import LocalDatastore
+    from monailabel.tasks.activelearning.epistemic import Epistemic
+    from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
+
+    sys.path.insert(0, str(REPO / "monailabel_app"))
+    try:
+        from lib.epistemic import MCDropoutBundleInferTask
+    finally:
+        sys.path.remove(str(REPO / "monailabel_app"))
+
+    path = _label_ready_copy("polyp", tmp_path)
+    seen = Path(get_task("polyp").make_sample(tmp_path / "seen", n_train=16, test_sets={}, size=(64, 64)))
+    images = sorted((seen / "TrainDataset" / "images").iterdir())
+    _train_briefly(path, images, [seen / "TrainDataset" / "masks" / f"{p.stem}.png" for p in images])
+
+    familiar = Path(get_task("polyp").make_sample(tmp_path / "familiar", seed=7, n_train=4, test_sets={}, size=(64, 64)))
+    unfamiliar = Path(get_task("isic2017").make_sample(tmp_path / "other", seed=7, n_train=4, n_val=0, n_test=0,
+                                                       size=(64, 64)))
+    store = tmp_path / "datastore"
+    store.mkdir()
+    kinds = {}
+    for kind, files in (("familiar", sorted((familiar / "TrainDataset" / "images").iterdir())),
+                        ("unfamiliar", [Path(d["image"]) for d in get_task("isic2017").datalist(unfamiliar, "train")])):
+        for i, image in enumerate(files[:3]):
+            target = store / f"{kind}_{i}.png"
+            Image.open(image).convert("RGB").save(target)
+            kinds[target.stem] = kind
+    datastore = LocalDatastore(str(store), extensions=("*.png",), auto_reload=False)
+
+    scoring = EpistemicScoring(MCDropoutBundleInferTask(str(path), {}, dropout=0.2), simulation_size=8)
+    summary = scoring({"device": "cpu", "max_workers": 1}, datastore)
+    assert summary["executed"] == 6
+    scores = {image: datastore.get_image_info(image)["epistemic_entropy"] for image in kinds}
+    familiar_scores = [v for k, v in scores.items() if kinds[k] == "familiar"]
+    unfamiliar_scores = [v for k, v in scores.items() if kinds[k] == "unfamiliar"]
+    assert min(unfamiliar_scores) > max(familiar_scores), scores
+    chosen = Epistemic()({"strategy": "epistemic"}, datastore)
+    assert kinds[chosen["id"]] == "unfamiliar"
+    # a second scoring of the same model skips what it has scored (MONAI Label keys scores by the model's time stamp)
+    assert scoring({"device": "cpu", "max_workers": 1}, datastore)["skipped"] == 6

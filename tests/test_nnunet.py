@@ -78,6 +78,26 @@ def test_3d_configuration_is_refused_with_the_command_to_use():
         nnUNetTrainerTransFuse.build_network_architecture(manager, configuration, 3, 2, False)
 
 
+def test_trainer_rounds_the_patch_size_into_the_plans_it_saves(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    plans = {**_plans((40, 56)), "continue_training": False}
+    dataset = {"labels": {"background": 0, "polyp": 1}, "channel_names": {"0": "R", "1": "G", "2": "B"},
+               "numTraining": 4, "file_ending": ".png"}
+    trainer = nnUNetTrainerTransFuse(plans, "2d", 0, dataset, device=torch.device("cpu"))
+    assert tuple(trainer.configuration_manager.patch_size) == (48, 64)
+    assert trainer.plans_manager.plans["configurations"]["2d"]["_planned_patch_size"] == [40, 56]
+    assert trainer.my_init_kwargs["plans"]["configurations"]["2d"]["patch_size"] == [48, 64]  # in checkpoints
+    assert (trainer.enable_deep_supervision, trainer.initial_lr) == (False, 1e-4)
+    log = next((tmp_path / "results").rglob("training_log_*.txt")).read_text()
+    assert "patch size (40, 56) of the plans rounded up to (48, 64)" in log
+
+    plans3d = {**_plans((16, 64, 64)), "continue_training": False}
+    with pytest.raises(ValueError, match="2D network"):
+        nnUNetTrainerTransFuse(plans3d, "2d", 1, dataset, device=torch.device("cpu"))
+    assert not (tmp_path / "results" / "Dataset999_Test" / "nnUNetTrainerTransFuse__nnUNetPlans__2d" / "fold_1").exists()
+
+
 def test_heads_loss_weights_nnunet_loss_over_full_resolution_heads():
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -171,6 +191,16 @@ def test_conversion_resizes_and_keeps_nothing_on_bad_input(tmp_path):
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["Dataset007_Small"]  # nothing partial
 
 
+def test_isic_conversion_puts_train_and_val_in_training_and_test_apart(tmp_path):
+    root = get_task("isic2017").make_sample(tmp_path / "isic", n_train=3, n_val=2, n_test=2, size=(40, 48))
+    folder = convert_task("isic2017", root, 504, raw_root=tmp_path / "raw", progress=False)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert (folder.name, dataset["numTraining"], dataset["transfuse_monai"]["test_cases"]) == ("Dataset504_Isic2017", 5, 2)
+    training = sorted(p.name for p in (folder / "imagesTr").iterdir())
+    assert len(training) == 5 and all(n.startswith("ISIC_") and n.endswith("_0000.png") for n in training)
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [n.replace("_0000", "") for n in training]
+
+
 def test_hip_conversion_keeps_pixel_spacing(tmp_path):
     import SimpleITK as sitk
 
@@ -260,8 +290,8 @@ def _cli(name: str, *args: str, env: dict, log: Path) -> str:
 
 def test_nnunet_cli_end_to_end(tmp_path, two_threads):
     """Convert, plan and pre-process, train 2 epochs of fold 0 from local ImageNet files, continue to 3 epochs with
-    ``--c`` after the files are gone (another machine), predict the test images and evaluate them, all through
-    nnU-Net's commands."""
+    ``--c`` after the files are gone (another machine), find the best configuration, predict the test images and
+    evaluate them, all through nnU-Net's commands."""
     import timm
 
     task = get_task("polyp")
@@ -306,6 +336,11 @@ def test_nnunet_cli_end_to_end(tmp_path, two_threads):
     assert checkpoint["current_epoch"] == 3 and checkpoint["trainer_name"] == "nnUNetTrainerTransFuse_ci"
     validation = json.loads((fold / "validation" / "summary.json").read_text())
     assert 0.0 <= validation["foreground_mean"]["Dice"] <= 1.0
+
+    _cli("nnUNetv2_find_best_configuration", "531", "-c", "2d_tf", "-tr", "nnUNetTrainerTransFuse_ci", "-f", "0",
+         "--disable_ensembling", "-np", "1", env=env, log=logs / "best.log")
+    instructions = (tmp_path / "res" / "Dataset531_Polyp" / "inference_instructions.txt").read_text()
+    assert "nnUNetv2_predict" in instructions and "-tr nnUNetTrainerTransFuse_ci" in instructions
 
     raw = tmp_path / "raw" / "Dataset531_Polyp"
     _cli("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "pred"), "-d", "531", "-c", "2d_tf",

@@ -5,9 +5,11 @@ budget. nnU-Net imports this file by name from ``nnUNet_extTrainer`` (the benchm
 package's trainers folder).
 
 :class:`WallClockBudget` replaces nnU-Net's epoch count by a budget in seconds (``NNUNET_BUDGET_SECONDS``): epochs
-of ``NNUNET_BUDGET_ITERATIONS`` iterations (default 50, validation a fifth of it) run until the budget is spent, and
-nnU-Net's polynomial learning-rate decay, ``lr = lr0 * (1 - t / budget) ** 0.9``, follows the elapsed time ``t``
-instead of the epoch, so both networks get a whole schedule, ending near zero, within the same time. Everything else
+of ``NNUNET_BUDGET_ITERATIONS`` iterations (default 50, validation a fifth of it) run until the budget is spent (the
+last epoch stops at the budget, mid-epoch), and nnU-Net's polynomial learning-rate decay,
+``lr = lr0 * (1 - t / budget) ** 0.9``, follows the elapsed time ``t`` (updated before every iteration) instead of
+the epoch, so both networks get a whole schedule, ending near zero, within the same time. The validation iterations
+of each epoch count in the budget; the final validation and prediction do not. Everything else
 is the parent trainer's (its network, loss, optimiser, augmentation, checkpoints and final validation).
 """
 
@@ -63,8 +65,11 @@ class WallClockBudget:
         while self.lr_scheduler.elapsed() < self.budget_seconds:
             self.on_epoch_start()
             self.on_train_epoch_start()
-            outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
-            iterations += self.num_iterations_per_epoch
+            outputs = []  # the last epoch stops where the budget ends
+            while len(outputs) < self.num_iterations_per_epoch and self.lr_scheduler.elapsed() < self.budget_seconds:
+                self.lr_scheduler.step()
+                outputs.append(self.train_step(next(self.dataloader_train)))
+            iterations += len(outputs)
             self.on_train_epoch_end(outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()

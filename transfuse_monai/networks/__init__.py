@@ -6,5 +6,12 @@ from transfuse_monai.networks.nets import (
     convert_authors_state_dict,
     pretrained_normalization,
 )
+from transfuse_monai.networks.uncertainty import enable_mc_dropout
 
-__all__ = ["TRANSFUSE_PRESETS", "TransFuse", "convert_authors_state_dict", "pretrained_normalization"]
+__all__ = [
+    "TRANSFUSE_PRESETS",
+    "TransFuse",
+    "convert_authors_state_dict",
+    "enable_mc_dropout",
+    "pretrained_normalization",
+]

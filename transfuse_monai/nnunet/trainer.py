@@ -122,7 +122,6 @@ class nnUNetTrainerTransFuse(nnUNetTrainer):
         self.enable_deep_supervision = False
         # weight files are checked when a training starts, not to continue one (possibly on another machine)
         self.options = self.resolve_options(self.configuration_manager, check_files=not self._continuing)
-        _check_2d(self.configuration_manager, configuration)
         planned = plans["configurations"][configuration].get("_planned_patch_size")
         if planned is not None:
             self.print_to_log_file(
@@ -237,11 +236,16 @@ class nnUNetTrainerTransFuse(nnUNetTrainer):
 
 def _round_patch_size(plans: dict, configuration: str) -> None:
     """Round the configuration's patch size up to multiples of 16 in ``plans`` (in place, so the trainer's saved
-    ``plans.json`` and checkpoints carry it); the planned size is kept under ``_planned_patch_size``."""
+    ``plans.json`` and checkpoints carry it); the planned size is kept under ``_planned_patch_size``.
+
+    Raises:
+        ValueError: the configuration is not 2D.
+    """
     configurations = plans.get("configurations", {})
     if configuration not in configurations:
         return  # nnU-Net raises its own error naming the valid configurations
     manager = PlansManager(plans).get_configuration(configuration)
+    _check_2d(manager, configuration)  # before nnU-Net creates the output folder and its log
     planned = tuple(int(s) for s in manager.patch_size)
     rounded = transfuse_patch_size(planned)
     entry = configurations[configuration]
