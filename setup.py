@@ -30,7 +30,8 @@ setup(
         # python -m transfuse_monai.export <bundle> --formats openvino openvino-int8
         "openvino": ["openvino>=2025.0", "nncf>=2.14"],
         # TransFuse inside nnU-Net v2: nnUNetv2_train <dataset> 2d <fold> -tr nnUNetTrainerTransFuse
-        # (python -m transfuse_monai.nnunet env prints the nnUNet_extTrainer line that makes nnU-Net find it)
+        # (python -m transfuse_monai.nnunet env prints the nnUNet_extTrainer line that makes nnU-Net find it);
+        # nnU-Net's dynamic-network-architectures 0.4 caps timm below 1.0.23, within requirements.txt's range
         "nnunet": ["nnunetv2>=2.8.1,<2.9"],
         # experiment tracking: python -m monai.bundle run ... --tracking mlflow (a local SQLite store by default)
         "mlflow": ["mlflow-skinny>=3", "sqlalchemy", "alembic"],

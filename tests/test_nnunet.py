@@ -198,7 +198,7 @@ def test_isic_conversion_puts_train_and_val_in_training_and_test_apart(tmp_path)
     assert (folder.name, dataset["numTraining"], dataset["transfuse_monai"]["test_cases"]) == ("Dataset504_Isic2017", 5, 2)
     training = sorted(p.name for p in (folder / "imagesTr").iterdir())
     assert len(training) == 5 and all(n.startswith("ISIC_") and n.endswith("_0000.png") for n in training)
-    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [n.replace("_0000", "") for n in training]
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [n[: -len("_0000.png")] + ".png" for n in training]
 
 
 def test_hip_conversion_keeps_pixel_spacing(tmp_path):
