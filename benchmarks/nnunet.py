@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> None:
     ending = dataset_json["file_ending"]
     cases = len([p for p in test_labels.iterdir() if p.name.endswith(ending)])
     parameters = _parameters(work, name)
+    classes = [k for k in labels if labels[k] > 0]
 
     rows, data = [], {"dataset": args.dataset, "budget_seconds": args.budget, "batch_size": args.batch_size,
                       "iterations_per_epoch": args.iterations, "test_cases": cases, "networks": {}}
@@ -219,12 +220,10 @@ def run(args: argparse.Namespace) -> None:
         data["networks"][label] = {"trainer": trainer, "parameters": parameters[label], "validation_dice": validation,
                                    "test_dice": test, "seconds_per_case": seconds / cases,
                                    "budget": spent[-1].split("budget spent: ")[-1].strip() if spent else None}
-        classes = [k for k in labels if labels[k] > 0]
         rows.append([label, f"{parameters[label] / 1e6:.1f} M",
                      *(fmt(validation.get(c), ".3f") for c in classes), fmt(validation["mean"], ".3f"),
                      *(fmt(test.get(c), ".3f") for c in classes), fmt(test["mean"], ".3f"),
                      f"{seconds / cases:.2f}", data["networks"][label]["budget"] or "n/a"])
-    classes = [k for k in labels if labels[k] > 0]
     header = ["network", "parameters", *(f"val Dice {c}" for c in classes), "val mean",
               *(f"test Dice {c}" for c in classes), "test mean", "s/case", "training in the budget"]
     lines = [f"# nnU-Net v2: TransFuse-S vs nnU-Net's 2D U-Net ({args.dataset})", "",

@@ -154,9 +154,7 @@ class nnUNetTrainerTransFuse(nnUNetTrainer):
         :attr:`head_weights`."""
         _check_2d(configuration_manager, "this")
         options = cls.resolve_options(configuration_manager)
-        network_options = {k: v for k, v in options.items() if k in NETWORK_OPTIONS}
-        if "bifusion" in network_options:
-            network_options["bifusion"] = tuple(network_options["bifusion"])
+        network_options = _network_options(options)
         return TransFuse(
             in_channels=num_input_channels,
             out_channels=num_output_channels,
@@ -184,9 +182,7 @@ class nnUNetTrainerTransFuse(nnUNetTrainer):
         bundles' loading code: local files, else timm's hub cache offline first, else an error naming the ways
         out) and its state copied, so that the optimiser keeps its parameters."""
         options = self.options
-        network_options = {k: v for k, v in options.items() if k in NETWORK_OPTIONS}
-        if "bifusion" in network_options:
-            network_options["bifusion"] = tuple(network_options["bifusion"])
+        network_options = _network_options(options)
         network = _unwrap(self.network)
         try:
             donor = TransFuse(
@@ -232,6 +228,14 @@ class nnUNetTrainerTransFuse(nnUNetTrainer):
 
     def plot_network_architecture(self):
         """nnU-Net draws its U-Nets with hiddenlayer when installed; TransFuse's graph is not drawn."""
+
+
+def _network_options(options: dict) -> dict:
+    """The options that shape the network (:data:`NETWORK_OPTIONS`), as TransFuse's arguments."""
+    network_options = {k: v for k, v in options.items() if k in NETWORK_OPTIONS}
+    if "bifusion" in network_options:  # a JSON list in the plans
+        network_options["bifusion"] = tuple(network_options["bifusion"])
+    return network_options
 
 
 def _round_patch_size(plans: dict, configuration: str) -> None:
