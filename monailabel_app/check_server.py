@@ -4,6 +4,7 @@ Run with the server environment's Python (``bash monailabel_app/setup_server_env
 
     .monailabel-venv/bin/python monailabel_app/check_server.py                   # bundles at their config size
     .monailabel-venv/bin/python monailabel_app/check_server.py --image_size 64   # quicker (the pytest uses this)
+    .monailabel-venv/bin/python monailabel_app/check_server.py --image_size 64 --loop            # active learning
 
 What it does, in a temporary folder:
 
@@ -21,12 +22,29 @@ What it does, in a temporary folder:
    whatever the input's format), single-channel uint8, of the frame's size; for a volume a NIfTI, uint8, of the
    volume's spatial shape and affine; in both cases with values in ``{0}`` and the foreground ``channel_def`` keys;
 5. prints a table, stops the server and exits non-zero on any failure (the server's log is printed then).
+
+With ``--loop`` it runs MONAI Label's active-learning loop over HTTP instead, for each bundle served alone on a
+datastore of five generated images of its task (``make_sample``), as an annotator's client does:
+
+1. ``POST /scoring/epistemic`` scores every image (Monte Carlo dropout, stored in the datastore);
+2. ``POST /activelearning/epistemic`` serves the image of the highest score, ``/infer`` labels it;
+3. ``PUT /datastore/label`` submits its label (class values), then two more images served by the strategy, none of
+   them one already labelled;
+4. ``POST /train/<bundle>`` fine-tunes on the three labels (``max_epochs`` 6); while it runs ``GET /train/`` reports
+   it and a second request is refused (HTTP 429, MONAI Label's answer); it must end ``DONE`` with ``models/model.pt``
+   replaced;
+5. ``/infer`` on the first image answers with another label (the new weights are served);
+6. the new model rescores the images left and the strategy serves one of them.
+
+The server runs with ``MONAI_LABEL_AUTO_UPDATE_SCORING=false`` so that scoring runs when the loop asks for it, not
+in the background after each request.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -44,7 +62,6 @@ import numpy as np
 import requests
 import torch
 from PIL import Image
-from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 from transfuse_monai.bundle import network_input_size
 from transfuse_monai.networks.nets import TransFuse
@@ -191,6 +208,8 @@ def stop(server: subprocess.Popen) -> None:
 
 def returned_label(response: requests.Response) -> tuple[str, bytes]:
     """(file name, bytes) of the label in MONAI Label's multipart answer (``params`` JSON + ``image`` file)."""
+    from requests_toolbelt.multipart.decoder import MultipartDecoder  # the server environment's (MONAI Label's)
+
     for part in MultipartDecoder.from_response(response).parts:
         disposition = part.headers.get(b"Content-Disposition", b"").decode()
         if 'name="image"' in disposition:
@@ -299,6 +318,193 @@ def run_checks(url: str, info: dict, app: Path, images: dict[str, list[Path]]) -
     return rows
 
 
+#: make_sample's arguments for the active-learning loop's labelled images: small sets of what MONAI Label's datastore
+#: lists (hip's radiographs as NIfTI; prostate writes at least the five cases its folds need)
+LOOP_SAMPLES = {
+    "polyp": {"test_sets": {}},
+    "isic2017": {"n_val": 0, "n_test": 0},
+    "hip": {"n_val": 0, "n_test": 0, "formats": ("nifti",)},
+    "prostate": {},
+}
+LOOP_DATALIST = {"prostate": {"fold": "all"}}  # the task's datalist arguments for all of its training cases
+LOOP_IMAGES = 5  # in the datastore; the annotator labels LOOP_LABELS of them, the rest stay to be scored
+LOOP_LABELS = 3
+# the train request a client sends: MONAI Label's options of BundleTrainTask (val_split: 1 of the 3 labels)
+LOOP_TRAIN = {"max_epochs": 6, "val_split": 0.34, "device": "cpu", "multi_gpu": False, "pretrained": True}
+# extra configuration of a loop server: scores are computed when the loop asks for them, not in the background
+LOOP_ENV = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+
+
+def loop_images(studies: Path, truth: Path, bundle: str) -> dict[str, Path]:
+    """Generated labelled images of a bundle's task: the images go to the datastore (``studies``), their labels as
+    an annotator would submit them (class values: a binary task's 0/255 masks become 0/1) to ``truth``.
+
+    Returns:
+        image id -> the label file to submit.
+    """
+    task = get_task(bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = task.make_sample(tmp, n_train=LOOP_IMAGES, **LOOP_SAMPLES[bundle])
+        items = task.datalist(sample, "train", **LOOP_DATALIST.get(bundle, {}))[:LOOP_IMAGES]
+        studies.mkdir(parents=True, exist_ok=True)
+        truth.mkdir(parents=True, exist_ok=True)
+        labels = {}
+        for item in items:
+            image = Path(item["image"])
+            shutil.copy(image, studies / image.name)
+            ident = image_id(image)
+            label = Path(item["label"])
+            if label.suffix == ".png":
+                array = np.asarray(Image.open(label))
+                if task.num_classes == 2 and array.max() > 1:
+                    array = (array > 127).astype(np.uint8)
+                labels[ident] = truth / f"{ident}.png"
+                Image.fromarray(array.astype(np.uint8)).save(labels[ident])
+            else:
+                labels[ident] = truth / f"{ident}{''.join(label.suffixes)}"
+                shutil.copy(label, labels[ident])
+    return labels
+
+
+def label_array(content: bytes, file_name: str) -> np.ndarray:
+    """The class values of a label file returned by ``/infer`` (PNG or NIfTI)."""
+    if content.startswith(PNG_SIGNATURE):
+        with Image.open(io.BytesIO(content)) as label:
+            return np.asarray(label)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(file_name).name
+        path.write_bytes(content)
+        return np.asarray(nib.load(path).dataobj)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_loop(url: str, bundle: str, app: Path, labels: dict[str, Path], timeout: float) -> list[dict]:
+    """MONAI Label's active-learning loop over HTTP for one bundle served alone, as an annotator's client runs it:
+    score, fetch the next image, label it, train, infer again. Each step is a row of the table."""
+    rows: list[dict] = []
+    model = app / "model" / bundle / "models" / "model.pt"
+
+    def step(name: str, detail: str, problems: list[str], start: float) -> bool:
+        rows.append({"bundle": bundle, "request": name, "image": detail, "seconds": time.monotonic() - start,
+                     "values": "-", "problems": problems})
+        return not problems
+
+    def http(method: str, path: str, expect: int = 200, **kwargs) -> tuple[requests.Response, list[str]]:
+        response = requests.request(method, f"{url}{path}", timeout=600, **kwargs)
+        problems = [] if response.status_code == expect else [
+            f"{method} {path}: HTTP {response.status_code} (expected {expect}): {response.text[:300]}"]
+        return response, problems
+
+    def scores() -> dict[str, float | None]:
+        objects = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
+        return {k: v["image"]["info"].get("epistemic_entropy") for k, v in objects.items()}
+
+    def infer(image: str) -> tuple[np.ndarray | None, list[str]]:
+        response, problems = http("POST", f"/infer/{bundle}", params={"image": image}, data={"params": "{}"})
+        if problems:
+            return None, problems
+        file_name, content = returned_label(response)
+        return label_array(content, file_name), []
+
+    # 1. score every unlabelled image
+    start = time.monotonic()
+    response, problems = http("POST", "/scoring/epistemic", params={"run_sync": "true"})
+    first_scores = scores() if not problems else {}
+    if not problems and (None in first_scores.values() or len(first_scores) != len(labels)):
+        problems.append(f"scores after /scoring/epistemic: {first_scores}")
+    if not step("/scoring/epistemic", f"{len(first_scores)} images scored", problems, start):
+        return rows
+
+    # 2. the next image to label, then its label from the current model; 3. the annotator labels LOOP_LABELS images
+    labelled: list[str] = []
+    before = None
+    for index in range(LOOP_LABELS):
+        start = time.monotonic()
+        response, problems = http("POST", "/activelearning/epistemic", json={})
+        chosen = response.json().get("id") if not problems else None
+        unlabelled = {k: v for k, v in first_scores.items() if k not in labelled}
+        if not problems and chosen in labelled:
+            problems.append(f"served '{chosen}', which is already labelled")
+        if not problems and index == 0 and first_scores[chosen] != max(unlabelled.values()):
+            problems.append(f"served '{chosen}' ({first_scores[chosen]:.4f}), not the highest score: {unlabelled}")
+        if not step("/activelearning/epistemic", f"{chosen} ({(first_scores.get(chosen) or 0):.4f})", problems, start):
+            return rows
+        if index == 0:
+            start = time.monotonic()
+            before, problems = infer(chosen)
+            if not step(f"/infer/{bundle}", f"{chosen}: before training", problems, start):
+                return rows
+        start = time.monotonic()
+        with open(labels[chosen], "rb") as fp:
+            response, problems = http("PUT", "/datastore/label", params={"image": chosen, "tag": "final"},
+                                      files={"label": (labels[chosen].name, fp)}, data={"params": "{}"})
+        if not step("PUT /datastore/label", f"{chosen} ({labels[chosen].name})", problems, start):
+            return rows
+        labelled.append(chosen)
+
+    # 4. train; a second request while it runs is refused (MONAI Label answers 429); the status reports the run
+    digest = file_digest(model)
+    start = time.monotonic()
+    response, problems = http("POST", f"/train/{bundle}", json=LOOP_TRAIN)
+    task_id = response.json().get("id") if not problems else None
+    if not step(f"POST /train/{bundle}", f"task {task_id}: {json.dumps(LOOP_TRAIN)}", problems, start):
+        return rows
+    start = time.monotonic()
+    status = {}
+    while time.monotonic() - start < 60 and status.get("status") in (None, "SUBMITTED"):
+        status = requests.get(f"{url}/train/", timeout=60).json()  # SUBMITTED until its process has started
+        time.sleep(0.2)
+    _, problems = http("GET", "/train/", params={"check_if_running": "true"})
+    _, refused = http("POST", f"/train/{bundle}", expect=429, json=LOOP_TRAIN)
+    if not step("/train while running", "status RUNNING, a second request 429", problems + refused, start):
+        return rows
+    start = time.monotonic()
+    status = {}
+    while time.monotonic() - start < timeout:
+        status = requests.get(f"{url}/train/", timeout=60).json()
+        if status.get("id") == task_id and status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        time.sleep(2)
+    problems = [] if status.get("status") == "DONE" else [
+        f"training ended as {status.get('status')!r}: {list(status.get('details', []))[-8:]}"]
+    if not problems and file_digest(model) == digest:
+        problems.append(f"training is DONE but {model} is unchanged")
+    if not step("GET /train/", f"{status.get('status')} ({status.get('start_ts')} .. {status.get('end_ts')})",
+                problems, start):
+        return rows
+
+    # 5. the served model is the new one: the same image's label changes
+    start = time.monotonic()
+    after, problems = infer(labelled[0])
+    if not problems and np.array_equal(before, after):
+        problems.append(f"the label of '{labelled[0]}' is the same after training: /infer did not use the new weights")
+    if not problems:
+        truth = label_array(labels[labelled[0]].read_bytes(), labels[labelled[0]].name)
+        agree = [float((label == truth).mean()) for label in (before, after)]
+        detail = f"{labelled[0]}: label changed, agreement with its label {agree[0]:.2f} -> {agree[1]:.2f}"
+    else:
+        detail = labelled[0]
+    if not step(f"/infer/{bundle}", detail, problems, start):
+        return rows
+
+    # 6. the new model scores the images left, and the strategy serves one of them
+    start = time.monotonic()
+    _, problems = http("POST", "/scoring/epistemic", params={"run_sync": "true"})
+    new_scores = scores() if not problems else {}
+    left = sorted(set(first_scores) - set(labelled))
+    if not problems and any(new_scores[k] is None or new_scores[k] == first_scores[k] for k in left):
+        problems.append(f"the images left were not rescored by the new model: {first_scores} -> {new_scores}")
+    response, served = http("POST", "/activelearning/epistemic", json={})
+    chosen = response.json().get("id") if not served else None
+    if not served and chosen not in left:
+        served.append(f"served '{chosen}', not one of the unlabelled images {left}")
+    step("rescore, next image", f"{len(left)} rescored, next: {chosen}", problems + served, start)
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     header = f"{'bundle':<9} {'request':<18} {'image':<22} {'s':>5}  {'label values':<18} result"
     print(header)
@@ -309,17 +515,48 @@ def print_table(rows: list[dict]) -> None:
               f"{row['values']:<18} {result}")
 
 
+@contextlib.contextmanager
+def serving(python: str, app: Path, studies: Path, bundles: list[str], log_path: Path, timeout: float,
+            env: dict[str, str] | None = None):
+    """Run README's server command for ``bundles`` on a free localhost port until the block ends; yields
+    ``(url, /info)``. The server's output goes to ``log_path``."""
+    port = free_port()
+    cmd = server_command(python, app, studies, bundles, port)
+    print("server:", " ".join(cmd), flush=True)
+    # own process group, so that stop() reaches uvicorn and its children; no proxy for localhost
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", **(env or {})}
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        info = wait_for_info(url, server, timeout)
+        print(f"server up after {time.monotonic() - started:.1f} s: models {sorted(info.get('models', {}))}, "
+              f"scoring {sorted(info.get('scoring', {}))}, "
+              f"strategies {sorted(info.get('strategies', {}))}", flush=True)
+        yield url, info
+    finally:
+        stop(server)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundles", default=",".join(BUNDLES), help="comma-separated bundles to serve")
     parser.add_argument("--image_size", type=int, default=None,
                         help="set the bundles' image_size to N x N (default: each bundle's own size)")
+    parser.add_argument("--loop", action="store_true",
+                        help="run the active-learning loop (score, next image, label, train, infer) for each bundle, "
+                             "each served alone on a datastore of its own, instead of the inference checks")
     parser.add_argument("--python", default=sys.executable,
                         help="Python of the MONAI Label server environment (default: the one running this script)")
     parser.add_argument("--startup_timeout", type=float, default=900.0, help="seconds to wait for /info")
+    parser.add_argument("--train_timeout", type=float, default=600.0, help="seconds to wait for a training (--loop)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary app, studies and server log")
     args = parser.parse_args(argv)
     bundles = [b.strip() for b in args.bundles.split(",") if b.strip()]
+    unknown = sorted(set(bundles) - set(BUNDLES))
+    if unknown:
+        parser.error(f"--bundles: unknown {unknown}; choose from {list(BUNDLES)}")
     has_monailabel = "import importlib.util, sys; sys.exit(importlib.util.find_spec('monailabel') is None)"
     if subprocess.run([args.python, "-c", has_monailabel], capture_output=True).returncode:
         parser.error(f"{args.python} cannot import monailabel: run `bash monailabel_app/setup_server_env.sh` and "
@@ -327,32 +564,27 @@ def main(argv: list[str] | None = None) -> int:
 
     begin = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="transfuse-monailabel-"))
-    studies = tmp / "studies"
     log_path = tmp / "server.log"
-    server = None
     rows: list[dict] = []
     failure = None
     try:
         app = make_app(tmp, bundles, args.image_size)
-        # the datastore holds the images before the server starts
-        images = {name: make_images(studies, name) for name in bundles}
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = server_command(args.python, app, studies, bundles, port)
-        print("server:", " ".join(cmd), flush=True)
-        with open(log_path, "wb") as log:
-            # own process group, so that stop() reaches uvicorn and its children; no proxy for localhost
-            env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-            server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        info = wait_for_info(url, server, args.startup_timeout)
-        startup = time.monotonic() - begin
-        print(f"server up after {startup:.1f} s (app built, models loaded): models {sorted(info.get('models', {}))}")
-        rows = run_checks(url, info, app, images)
+        if args.loop:
+            for bundle in bundles:
+                # the datastore holds the images before the server starts
+                labels = loop_images(tmp / bundle / "studies", tmp / bundle / "truth", bundle)
+                with serving(args.python, app, tmp / bundle / "studies", [bundle], log_path, args.startup_timeout,
+                             env=LOOP_ENV) as (url, _):
+                    rows += run_loop(url, bundle, app, labels, args.train_timeout)
+                if any(row["problems"] for row in rows):
+                    break
+        else:
+            studies = tmp / "studies"
+            images = {name: make_images(studies, name) for name in bundles}
+            with serving(args.python, app, studies, bundles, log_path, args.startup_timeout) as (url, info):
+                rows = run_checks(url, info, app, images)
     except Exception as err:  # noqa: BLE001 (any failure is reported with the server log below)
         failure = f"{type(err).__name__}: {err}"
-    finally:
-        if server is not None:
-            stop(server)
     if rows:
         print_table(rows)
     failed = failure is not None or any(row["problems"] for row in rows)

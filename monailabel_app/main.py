@@ -38,12 +38,12 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
-from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
 import transfuse_monai
 
 from lib.epistemic import EPISTEMIC_DEFAULTS, MCDropoutBundleInferTask
+from lib.train import FineTuneBundleTrainTask
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class TransFuseApp(MONAILabelApp):
             return {}
         trainers: dict[str, TrainTask] = {}
         for name, path in self.models.items():
-            task = BundleTrainTask(path, self.conf)
+            task = FineTuneBundleTrainTask(path, self.conf)
             if task.is_valid():
                 logger.info(f"+++ Adding Trainer:: {name} => {path}")
                 trainers[name] = task

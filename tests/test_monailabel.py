@@ -92,39 +92,96 @@ def test_bundle_infer_task_returns_storable_2d_label(bundle, tmp_path):
     assert isinstance(result, dict)
 
 
-@pytest.mark.parametrize("bundle", BUNDLES)
-def test_bundle_train_task_trains_from_a_datastore(bundle, tmp_path):
-    if not _is_2d_rgb(bundle):
-        pytest.skip(f"{bundle} is not a 2D RGB bundle")
+def _app_module(name: str):
+    """A module of the MONAI Label app folder (``lib.epistemic``, ``check_server``, ...), imported as the server does,
+    with ``monailabel_app`` on the path."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "monailabel_app"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "monailabel_app"))
+
+
+def _labelled_datastore(bundle: str, dest: Path, labelled: int):
+    """A MONAI Label datastore of the bundle's generated images (as ``check_server.py --loop`` builds it), the first
+    ``labelled`` of them with final labels (class values)."""
     from monailabel.datastore.local import LocalDatastore
-    from monailabel.tasks.train.bundle import BundleTrainTask
 
+    check_server = _app_module("check_server")
+    labels = check_server.loop_images(dest / "store", dest / "truth", bundle)
+    (dest / "store" / "labels" / "final").mkdir(parents=True)
+    for ident in sorted(labels)[:labelled]:
+        shutil.copy(labels[ident], dest / "store" / "labels" / "final" / labels[ident].name)
+    return LocalDatastore(str(dest / "store"), extensions=("*.png", "*.jpg", "*.nii.gz"), auto_reload=False)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_app_train_task_fine_tunes_every_bundle_offline(bundle, tmp_path, monkeypatch):
+    """The app's train task trains each bundle (RGB frames, hip radiographs, prostate volumes) from a datastore's
+    final labels, continuing from the served weights. train.json keeps ``pretrained`` (ImageNet) on and no ImageNet
+    file can be found: fine-tuning skips that initialisation, which the served weights replace anyway."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch"))
     path = _label_ready_copy(bundle, tmp_path)
+    cfg_path = path / "configs" / "train.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "pretrained": True}, indent=2))
     before = torch.load(path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    datastore = _labelled_datastore(bundle, tmp_path / "data", labelled=3)
+    assert len(datastore.datalist()) == 3
 
-    # a MONAI Label datastore: images at the root, final labels (0/1 PNGs) under labels/final
-    gen = Path(get_task("polyp").make_sample(tmp_path / "gen", n_train=4, test_sets={}, size=(64, 64)))
-    store = tmp_path / "datastore"
-    (store / "labels" / "final").mkdir(parents=True)
-    for img in sorted((gen / "TrainDataset" / "images").iterdir()):
-        shutil.copy(img, store / img.name)
-        mask = np.asarray(Image.open(gen / "TrainDataset" / "masks" / f"{img.stem}.png")) > 127
-        Image.fromarray(mask.astype(np.uint8)).save(store / "labels" / "final" / f"{img.stem}.png")
-    datastore = LocalDatastore(str(store), extensions=("*.png", "*.jpg"), auto_reload=False)
-    assert len(datastore.datalist()) == 4
-
-    task = BundleTrainTask(str(path), {})
+    task = _app_module("lib.train").FineTuneBundleTrainTask(str(path), {})
     assert task.is_valid()
-    task(
-        {"model": bundle, "max_epochs": 1, "val_split": 0.25, "device": "cpu", "multi_gpu": False,
-         "pretrained": True},
-        datastore,
-    )
+    task({"model": bundle, "max_epochs": 1, "val_split": 0.34, "device": "cpu", "multi_gpu": False,
+          "pretrained": True}, datastore)
     after = torch.load(path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert before.keys() == after.keys()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert changed, "training through MONAI Label did not update models/model.pt"
+    assert any(not torch.equal(before[k], after[k]) for k in before), "training did not update models/model.pt"
     assert (path / "models" / "checkpoint_last.pt").is_file()
+
+
+def test_app_train_task_trains_from_the_bundles_initialisation(tmp_path):
+    """``pretrained: false`` in the train request (start afresh, MONAI Label's own task fails on it): the served
+    weights are not loaded, the bundle's initialisation is used (here ``pretrained`` false in train.json: random),
+    and the trained model replaces the served one."""
+    from monai.handlers import CheckpointLoader
+
+    path = _label_ready_copy("polyp", tmp_path)
+    served = torch.load(path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    datastore = _labelled_datastore("polyp", tmp_path / "data", labelled=3)
+    task = _app_module("lib.train").FineTuneBundleTrainTask(str(path), {})
+    handlers: list = []
+    task._load_checkpoint(str(path / "models" / "model.pt"), False, handlers)
+    assert not handlers, "a fresh training must not load the served weights"
+    task._load_checkpoint(str(path / "models" / "model.pt"), True, handlers)
+    assert [h["_target_"] for h in handlers] == [CheckpointLoader.__name__]
+
+    task({"model": "polyp", "max_epochs": 1, "val_split": 0.34, "device": "cpu", "multi_gpu": False,
+          "pretrained": False}, datastore)
+    trained = torch.load(path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    # BatchNorm running statistics of one epoch from a fresh start, not nudged from the served ones
+    assert all(not torch.equal(served[k], trained[k]) for k in served if k.endswith("running_mean"))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_mc_dropout_task_returns_stochastic_probabilities(bundle, tmp_path):
+    """One Monte Carlo dropout pass of every bundle gives what MONAI Label's ``EpistemicScoring`` reduces: float
+    probabilities in [0, 1], channel first (one channel per output of a multi-class model), on the grid of the
+    bundle's labels; two passes differ."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    path = _label_ready_copy(bundle, tmp_path)
+    datastore = _labelled_datastore(bundle, tmp_path / "data", labelled=0)
+    image = datastore.get_image_uri(datastore.list_images()[0])
+    task = _app_module("lib.epistemic").MCDropoutBundleInferTask(str(path), {}, dropout=0.2)
+    preds = [torch.as_tensor(np.asarray(task({"image": image, "device": "cpu"})[1]["pred"])) for _ in range(2)]
+    label = np.asarray(BundleInferTask(str(path), {})({"image": image, "device": "cpu", "skip_writer": True})[1]["pred"])
+    assert tuple(preds[0].shape) == (get_task(bundle).out_channels, *label.shape), (preds[0].shape, label.shape)
+    assert preds[0].is_floating_point() and 0.0 <= float(preds[0].min()) and float(preds[0].max()) <= 1.0
+    assert not torch.equal(preds[0], preds[1]), "dropout did not sample"
 
 
 def _train_briefly(path: Path, images: list[Path], masks: list[Path], size: int = 64, iterations: int = 80) -> None:
@@ -160,11 +217,7 @@ def test_epistemic_scores_rank_unfamiliar_images_first(tmp_path, two_threads):
     from monailabel.tasks.activelearning.epistemic import Epistemic
     from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
 
-    sys.path.insert(0, str(REPO / "monailabel_app"))
-    try:
-        from lib.epistemic import MCDropoutBundleInferTask
-    finally:
-        sys.path.remove(str(REPO / "monailabel_app"))
+    MCDropoutBundleInferTask = _app_module("lib.epistemic").MCDropoutBundleInferTask
 
     path = _label_ready_copy("polyp", tmp_path)
     seen = Path(get_task("polyp").make_sample(tmp_path / "seen", n_train=16, test_sets={}, size=(64, 64)))

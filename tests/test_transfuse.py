@@ -7,7 +7,7 @@ import timm
 import torch
 
 from transfuse_monai.networks.blocks import BIFUSION_COMPONENTS, BiFusion
-from transfuse_monai.networks.nets import TRANSFUSE_PRESETS, TransFuse, pretrained_normalization
+from transfuse_monai.networks.nets import TABLE5_ABLATIONS, TRANSFUSE_PRESETS, TransFuse, pretrained_normalization
 
 AUTHORS_TRANSFUSE_S_PARAMS = 26_248_725  # parameters of the authors' TransFuse_S at 192x256 with one class
 
@@ -98,7 +98,7 @@ def test_gradients_reach_both_branches(net_s):
 )
 def test_bifusion_ablation_switches(components):
     block = BiFusion(2, cnn_channels=8, transformer_channels=12, out_channels=8, reduction=2, components=components)
-    assert hasattr(block, "hadamard_conv") == ("hadamard" in components)
+    assert (block.hadamard_conv is not None) == ("hadamard" in components)
     assert isinstance(block.spatial_attention, torch.nn.Identity) == ("spatial" not in components)
     assert isinstance(block.channel_attention, torch.nn.Identity) == ("channel" not in components)
     expected_in = 8 + 12 + (8 if "hadamard" in components else 0)
@@ -111,7 +111,7 @@ def test_ablation_through_the_network_constructor():
     full = TransFuse(img_size=(64, 64), cnn_name="resnet18", bifusion=BIFUSION_COMPONENTS)
     base = TransFuse(img_size=(64, 64), cnn_name="resnet18", bifusion=())
     assert n_params(base) < n_params(full)
-    assert not hasattr(base.fusion0, "proj_cnn")
+    assert base.fusion0.proj_cnn is None and not any(k.startswith("fusion0.proj_cnn") for k in base.state_dict())
     with torch.no_grad():
         assert base.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
     with pytest.raises(ValueError, match="Unknown BiFusion component"):
@@ -411,3 +411,99 @@ def test_position_embedding_grid_inference_and_its_errors():
     tall = _tiny((144, 256), seed=1)
     with pytest.raises(ValueError, match="could be 24x24 or 18x32"):
         resample_pos_embed_in_state_dict({**state, key: torch.zeros(1, 576, 192)}, tall)
+
+
+# -- the branch ablations of the paper's Table 5 -----------------------------------------------------------------------
+@pytest.mark.parametrize("ablation", sorted(TABLE5_ABLATIONS))
+def test_table5_ablation_builds_trains_and_scripts(ablation):
+    """Every row of Table 5 builds, runs forward and backward in training mode (three heads) at two input sizes,
+    predicts in eval mode and scripts with the same output."""
+    torch.manual_seed(0)
+    model = TransFuse(img_size=(64, 64), out_channels=2, ablation=ablation)
+    for size in ((64, 64), (96, 64)):
+        model.train()
+        out = model(torch.randn(2, 3, *size))
+        assert out.shape == (2, 3, 2, *size)
+        out.square().mean().backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None for g in grads), "a parameter of the network takes no part in the loss"
+        model.zero_grad()
+    model.eval()
+    x = torch.randn(1, 3, 96, 64)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), atol=1e-6, rtol=0)
+        assert model(x).shape == (1, 2, 96, 64)
+
+
+def test_table5_ablations_are_the_papers_models():
+    """The branches and fusion of each row: what is built, and what is not."""
+    nets = {k: TransFuse(img_size=(64, 64), ablation=k) for k in TABLE5_ABLATIONS}
+    assert nets["E.1"].transformer is None and nets["E.1"].fusion0 is None and nets["E.1"].cnn is not None
+    assert nets["E.2"].cnn is None and nets["E.2"].fusion0 is None
+    # a transformer alone is decoded at the widths of the preset's CNN: only the encoder differs from E.6
+    assert nets["E.2"].feature_channels == nets["E.6"].feature_channels == (256, 128, 64)
+    assert [v.shape for v in nets["E.2"].decoder2.state_dict().values()] == [
+        v.shape for v in nets["E.6"].decoder2.state_dict().values()]
+    e3 = nets["E.3"]
+    assert e3.transformer.patch_embed.proj.kernel_size == (1, 1) and e3.transformer.patch_embed.proj.in_channels == 256
+    assert e3.transformer.pos_embed.shape == (1, 16, 384) and e3.fusion0 is None  # a 4x4 grid at 64x64
+    e4 = nets["E.4"]
+    assert e4.transformer is None and e4.second_cnn_name == "vgg16" and e4.fusion0.components == BIFUSION_COMPONENTS
+    assert e4.fusion0.proj_transformer.conv.in_channels == 512  # VGG-16's stride-16 map
+    assert nets["E.5"].fusion0.components == () and nets["E.5"].fusion0.hadamard_conv is None
+    assert nets["E.6"].fusion0.components == BIFUSION_COMPONENTS
+    sizes = {k: n_params(v) for k, v in nets.items()}
+    assert sizes["E.1"] < sizes["E.2"] < sizes["E.3"] < sizes["E.5"] < sizes["E.6"] < sizes["E.4"], sizes
+
+
+def test_default_network_is_e6_and_unchanged():
+    """``ablation="E.6"`` is the default network, module for module and value for value (same random stream)."""
+    torch.manual_seed(3)
+    default = TransFuse(img_size=(64, 64))
+    torch.manual_seed(3)
+    e6 = TransFuse(img_size=(64, 64), ablation="E.6")
+    a, b = default.state_dict(), e6.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert default.branches == ("cnn", "transformer") and default.composition == "parallel"
+    assert default.fusion0.components == BIFUSION_COMPONENTS
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"ablation": "E.7"}, "Unknown ablation 'E.7'"),
+        ({"ablation": "E.1", "branches": ("cnn", "transformer")}, "ablation 'E.1' .* sets branches"),
+        ({"ablation": "E.5", "bifusion": ("spatial",)}, "ablation 'E.5' .* sets bifusion"),
+        ({"ablation": "E.3", "composition": "parallel"}, "ablation 'E.3' .* sets composition"),
+        ({"branches": ("cnn", "cnn2"), "composition": "sequential"}, "needs branches \\('cnn', 'transformer'\\)"),
+        ({"branches": ("transformer", "cnn2")}, "not one of the paper's"),
+        ({"branches": ("cnn", "vit")}, "distinct names from"),
+        ({"branches": ("cnn",), "bifusion": ("spatial",)}, "nothing to fuse"),
+        ({"composition": "serial"}, "composition must be one of"),
+    ],
+)
+def test_table5_combinations_the_paper_does_not_define_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransFuse(img_size=(64, 64), **kwargs)
+
+
+def test_ablation_branch_weights_load_from_files(tmp_path):
+    """The sequential transformer (1x1 patches on the CNN's 256 channels) and the second CNN load local ImageNet
+    files through timm's filters: the patch embedding resampled and adapted, the blocks and VGG layers copied."""
+    torch.manual_seed(1)
+    vit = timm.create_model("vit_tiny_patch16_224")
+    vgg = timm.create_model("vgg11")
+    vit_file, vgg_file = tmp_path / "vit_tiny.pth", tmp_path / "vgg11.pth"
+    torch.save(vit.state_dict(), vit_file)
+    torch.save(vgg.state_dict(), vgg_file)
+    e3 = TransFuse(img_size=(64, 64), cnn_name="resnet18", vit_name="vit_tiny_patch16_224", depth=2,
+                   ablation="E.3", vit_weights=vit_file)
+    torch.testing.assert_close(e3.transformer.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
+    assert e3.transformer.patch_embed.proj.weight.shape == (192, 256, 1, 1)
+    assert e3.transformer.pos_embed.shape == (1, 16, 192)  # resampled from the file's 14x14 grid
+    e4 = TransFuse(img_size=(64, 64), cnn_name="resnet18", ablation="E.4", second_cnn_name="vgg11",
+                   second_cnn_weights=vgg_file)
+    torch.testing.assert_close(e4.cnn2.features_0.weight, vgg.features[0].weight)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        TransFuse(img_size=(64, 64), ablation="E.4", second_cnn_weights=tmp_path / "nope.pth")

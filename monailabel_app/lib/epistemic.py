@@ -4,7 +4,14 @@ bundle tasks' requirements alone (``requirements-monailabel.txt``), without MONA
 
 from __future__ import annotations
 
-from monai.transforms import AsDiscreted, CastToTyped, KeepLargestConnectedComponentd, SaveImaged
+from monai.transforms import (
+    AsDiscreted,
+    CastToTyped,
+    KeepLargestConnectedComponentd,
+    SaveImaged,
+    SqueezeDimd,
+    Transposed,
+)
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from transfuse_monai.networks import enable_mc_dropout
@@ -21,9 +28,10 @@ class MCDropoutBundleInferTask(BundleInferTask):
 
     The network is in inference mode with its dropout layers sampling at rate ``dropout``
     (:func:`~transfuse_monai.networks.enable_mc_dropout`): BatchNorm keeps its running statistics and TransFuse returns
-    its final head. The prediction is the bundle's probabilities on the input's grid: its post-processing without
-    the threshold or argmax, the cast to integers, the largest-component filter and the writer; returned without
-    writing a file.
+    its final head. The prediction is the bundle's channel-first probabilities on the input's grid, the shape
+    MONAI Label's ``EpistemicScoring`` reduces: its post-processing without the threshold or argmax, the cast to
+    integers, the largest-component filter, the channel squeeze and transposition of a label image and the writer;
+    returned without writing a file.
 
     Args:
         path: the bundle folder.
@@ -35,7 +43,10 @@ class MCDropoutBundleInferTask(BundleInferTask):
         if not 0.0 < float(dropout) < 1.0:
             raise ValueError(f"epistemic scoring needs a dropout rate in (0, 1), got {dropout}")
         super().__init__(
-            path, conf, post_filter=[AsDiscreted, CastToTyped, KeepLargestConnectedComponentd, SaveImaged], dropout=float(dropout),
+            path,
+            conf,
+            post_filter=[AsDiscreted, CastToTyped, KeepLargestConnectedComponentd, SaveImaged, SqueezeDimd, Transposed],
+            dropout=float(dropout),
             skip_writer=True,
         )
 

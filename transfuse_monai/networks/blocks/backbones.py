@@ -368,6 +368,9 @@ class ViTEncoder(nn.Module):
         pretrained: load timm's default pretrained weights (hub).
         weights: local checkpoint path (offline), see :func:`create_timm_model`.
         drop_path_rate: stochastic depth rate of the kept blocks.
+        patch_size: side of the patches, 16 (the model's own) on images; 1 makes every position of a feature map a
+            token, the hybrid ("sequential") use on a CNN's stride-16 map, with timm resampling a pretrained patch
+            embedding to it.
     """
 
     def __init__(
@@ -379,8 +382,10 @@ class ViTEncoder(nn.Module):
         pretrained: bool = False,
         weights: str | os.PathLike | None = None,
         drop_path_rate: float = 0.0,
+        patch_size: int = 16,
     ) -> None:
         super().__init__()
+        extra = {} if patch_size == 16 else {"patch_size": int(patch_size)}
         vit = create_timm_model(
             name,
             pretrained=pretrained,
@@ -390,6 +395,7 @@ class ViTEncoder(nn.Module):
             num_classes=0,
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
+            **extra,
         )
         for attr in ("patch_embed", "pos_embed", "blocks", "norm"):
             if not hasattr(vit, attr) or getattr(vit, attr) is None:
@@ -399,8 +405,10 @@ class ViTEncoder(nn.Module):
         if not 1 <= depth <= total:
             raise ValueError(f"depth must be in [1, {total}] for '{name}', got {depth}.")
         patch = vit.patch_embed.patch_size
-        if tuple(patch) != (16, 16):
-            raise ValueError(f"TransFuse needs a 16x16 patch embedding; '{name}' uses {tuple(patch)}.")
+        if tuple(patch) != (patch_size, patch_size):
+            raise ValueError(
+                f"TransFuse needs a {patch_size}x{patch_size} patch embedding; '{name}' uses {tuple(patch)}."
+            )
         self.embed_dim: int = int(vit.embed_dim)
         self.grid_size: tuple[int, int] = (int(vit.patch_embed.grid_size[0]), int(vit.patch_embed.grid_size[1]))
         self.patch_embed = vit.patch_embed  # outputs NHWC tokens (timm's dynamic_img_size mode)
@@ -424,8 +432,8 @@ class ViTEncoder(nn.Module):
         return resample_pos_embed(self.pos_embed, [grid_h, grid_w], [self.grid_size[0], self.grid_size[1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images ``(B, C, H, W)`` to transformer features ``(B, embed_dim, H/16, W/16)``."""
-        x = self.patch_embed(x)  # (B, H/16, W/16, E)
+        """Map images ``(B, C, H, W)`` to transformer features ``(B, embed_dim, H/p, W/p)`` (``p``: the patch size)."""
+        x = self.patch_embed(x)  # (B, H/p, W/p, E)
         b, gh, gw, e = x.shape
         x = self.pos_drop(x.reshape(b, gh * gw, e) + self.resampled_pos_embed(gh, gw))
         x = self.norm(self.blocks(self.norm_pre(x)))

@@ -135,6 +135,8 @@ class BiFusion(nn.Module):
         )
         self.use_hadamard = "hadamard" in components
         fused_channels = cnn_channels + transformer_channels
+        # None when unused: TorchScript then compiles the forward without the branch
+        self.proj_cnn = self.proj_transformer = self.hadamard_conv = None
         if self.use_hadamard:
             self.proj_cnn = Convolution(spatial_dims, cnn_channels, hidden_channels, kernel_size=1, act=None, norm="batch")
             self.proj_transformer = Convolution(
@@ -154,6 +156,6 @@ class BiFusion(nn.Module):
             t: transformer features, shape ``(B, transformer_channels, H, W)``.
         """
         parts = [self.spatial_attention(g), self.channel_attention(t)]
-        if self.use_hadamard:
+        if self.hadamard_conv is not None:
             parts.append(self.hadamard_conv(self.proj_cnn(g) * self.proj_transformer(t)))
         return self.dropout(self.residual(torch.cat(parts, dim=1)))

@@ -6,9 +6,21 @@ from transfuse_monai.networks.nets.checkpoint import (
     resample_pos_embed_in_state_dict,
 )
 from transfuse_monai.networks.nets.convert import convert_authors_state_dict
-from transfuse_monai.networks.nets.transfuse import TRANSFUSE_PRESETS, TransFuse, pretrained_normalization
+from transfuse_monai.networks.nets.transfuse import (
+    BRANCHES,
+    COMPOSITIONS,
+    TABLE5_ABLATIONS,
+    TABLE5_DESCRIPTIONS,
+    TRANSFUSE_PRESETS,
+    TransFuse,
+    pretrained_normalization,
+)
 
 __all__ = [
+    "BRANCHES",
+    "COMPOSITIONS",
+    "TABLE5_ABLATIONS",
+    "TABLE5_DESCRIPTIONS",
     "resample_pos_embed_in_state_dict",
     "TRANSFUSE_PRESETS",
     "TransFuse",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -25,11 +26,20 @@ from transfuse_monai.networks.blocks.backbones import (
     create_cnn_encoder,
     pretrained_mean_std,
     resample_pos_embed,
+    select_feature_indices,
 )
 from transfuse_monai.networks.blocks.bifusion import BIFUSION_COMPONENTS, BiFusion
 from transfuse_monai.networks.blocks.upsample import AttentionGatedUpBlock, ResidualUpBlock
 
-__all__ = ["TRANSFUSE_PRESETS", "TransFuse", "pretrained_normalization"]
+__all__ = [
+    "BRANCHES",
+    "COMPOSITIONS",
+    "TABLE5_ABLATIONS",
+    "TABLE5_DESCRIPTIONS",
+    "TRANSFUSE_PRESETS",
+    "TransFuse",
+    "pretrained_normalization",
+]
 
 #: Backbone presets of the paper's variants: CNN (timm name), transformer (timm name), transformer depth.
 TRANSFUSE_PRESETS: dict[str, dict] = {
@@ -37,6 +47,35 @@ TRANSFUSE_PRESETS: dict[str, dict] = {
     "L": {"cnn_name": "res2net50_26w_4s", "vit_name": "deit_base_patch16_224", "depth": 10},
     "L*": {"cnn_name": "resnetv2_50x1_bit", "vit_name": "vit_base_patch16_224", "depth": 12},
 }
+
+
+#: The branches a TransFuse can be built from (``branches``): the preset's CNN, its transformer, and a second CNN
+#: (``second_cnn_name``, VGG-16 by default) in the transformer's place, the paper's two-CNN ablation.
+BRANCHES = ("cnn", "transformer", "cnn2")
+#: How two branches are composed (``composition``): side by side on the image, fused at each scale by
+#: :class:`~transfuse_monai.networks.blocks.BiFusion` (or Concat+Res), or one after the other, the transformer on the
+#: CNN's stride-16 map (TransUNet-like), the CNN's stride-8 and stride-4 maps feeding the decoder.
+COMPOSITIONS = ("parallel", "sequential")
+#: The branch ablations of the paper's Table 5 as data, each row the arguments it sets (``ablation``); E.6 is the
+#: proposed TransFuse, every default.
+TABLE5_ABLATIONS: dict[str, dict] = {
+    "E.1": {"branches": ("cnn",)},
+    "E.2": {"branches": ("transformer",)},
+    "E.3": {"branches": ("cnn", "transformer"), "composition": "sequential"},
+    "E.4": {"branches": ("cnn", "cnn2")},
+    "E.5": {"branches": ("cnn", "transformer"), "bifusion": ()},
+    "E.6": {"branches": ("cnn", "transformer")},
+}
+#: what each row of Table 5 is, for tables and logs
+TABLE5_DESCRIPTIONS = {
+    "E.1": "CNN only",
+    "E.2": "transformer only",
+    "E.3": "CNN then transformer (sequential)",
+    "E.4": "two CNNs in parallel, BiFusion",
+    "E.5": "CNN + transformer in parallel, Concat+Res",
+    "E.6": "CNN + transformer in parallel, BiFusion (TransFuse)",
+}
+SECOND_CNN = "vgg16"
 
 
 def pretrained_normalization(
@@ -126,18 +165,40 @@ class TransFuse(nn.Module):
         vit_weights: local checkpoint of the ViT/DeiT for offline use.
         cnn_out_indices: timm ``features_only`` indices of the stride 4, 8, 16 maps (found automatically if None).
         bifusion: enabled BiFusion components, a subset of ``("spatial", "channel", "hadamard")``; ``()`` is the
-            paper's "Concat+Res" ablation baseline.
+            paper's "Concat+Res" ablation baseline. Default: all three (the ablation's choice where it sets one).
+            Only two parallel branches are fused.
         dropout: ``Dropout2d`` rate on branch features (the fusion modules use half of it).
         drop_path_rate: stochastic depth of the transformer blocks.
         align_corners: ``align_corners`` of the heads' final bilinear resize (the authors' current code uses True;
             their released ISIC checkpoint was trained with False).
         deep_supervision: return the three stacked head outputs in training mode.
         spatial_dims: number of spatial dimensions; only 2 is supported.
+        branches: the branches (:data:`BRANCHES`): ``("cnn", "transformer")`` (the default), ``("cnn",)``,
+            ``("transformer",)`` or ``("cnn", "cnn2")``. A single branch feeds the decoder directly, its three maps
+            in place of the fused ones, and its stride-4 map feeds the second head; a transformer alone is decoded
+            with the channel widths of the preset's CNN, so that only the encoder differs.
+        composition: ``"parallel"`` (the default) or ``"sequential"`` (:data:`COMPOSITIONS`; CNN and transformer
+            only): the transformer runs on the CNN's stride-16 map, one token per position (its patch embedding
+            becomes 1x1), and the decoder merges its output with the CNN's stride-8 and stride-4 maps. The
+            transformer's up-sampled map still feeds the second head.
+        second_cnn_name: timm CNN of the ``"cnn2"`` branch (default ``"vgg16"``, the paper's), built and loaded as
+            the first one (``pretrained``); its maps are the second input of each BiFusion, in the transformer's
+            place.
+        second_cnn_weights: local checkpoint of the second CNN for offline use.
+        ablation: a row of the paper's Table 5 (:data:`TABLE5_ABLATIONS`): ``"E.1"`` ResNet-34 only, ``"E.2"``
+            DeiT-S only, ``"E.3"`` ResNet-34 then DeiT-S (sequential), ``"E.4"`` ResNet-34 + VGG-16 with BiFusion,
+            ``"E.5"`` ResNet-34 + DeiT-S fused by Concat+Res, ``"E.6"`` TransFuse (the default). It sets
+            ``branches``, ``composition`` and ``bifusion``; an explicit value of one of them that disagrees is an
+            error. The backbones stay the ``variant``'s.
 
     Raises:
-        ValueError: on an unknown variant, a size that is not a multiple of 16, unsupported ``spatial_dims``, or
-            backbones that do not fit.
+        ValueError: on an unknown variant or ablation, a size that is not a multiple of 16, unsupported
+            ``spatial_dims``, backbones that do not fit, or branches, composition and fusion that the paper does
+            not define together (e.g. a sequential composition of two CNNs, or BiFusion with one branch).
     """
+
+    # Python-only (TorchScript would compile it, and a network without a transformer has no token grid)
+    __jit_unused_properties__ = ["token_grid"]
 
     def __init__(
         self,
@@ -152,12 +213,17 @@ class TransFuse(nn.Module):
         cnn_weights: str | os.PathLike | None = None,
         vit_weights: str | os.PathLike | None = None,
         cnn_out_indices: Sequence[int] | None = None,
-        bifusion: Sequence[str] = BIFUSION_COMPONENTS,
+        bifusion: Sequence[str] | None = None,
         dropout: float = 0.2,
         drop_path_rate: float = 0.0,
         align_corners: bool = True,
         deep_supervision: bool = True,
         spatial_dims: int = 2,
+        branches: Sequence[str] | None = None,
+        composition: str | None = None,
+        second_cnn_name: str | None = None,
+        second_cnn_weights: str | os.PathLike | None = None,
+        ablation: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -171,61 +237,107 @@ class TransFuse(nn.Module):
             raise ValueError(f"img_size must be positive multiples of {PATCH_SIZE}, got {tuple(img_size)}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        branches, composition, bifusion = _resolve_ablation(ablation, branches, composition, bifusion)
         preset = TRANSFUSE_PRESETS[variant]
         self.variant = variant
+        self.ablation = ablation
+        self.branches: tuple[str, ...] = branches
+        self.composition = composition
         self.cnn_name: str = cnn_name or preset["cnn_name"]
         self.vit_name: str = vit_name or preset["vit_name"]
+        self.second_cnn_name: str | None = (second_cnn_name or SECOND_CNN) if "cnn2" in branches else None
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.img_size: tuple[int, int] = (int(img_size[0]), int(img_size[1]))
         self.align_corners = bool(align_corners)
         self.deep_supervision = bool(deep_supervision)
+        self.sequential = composition == "sequential"
+        has_cnn, has_transformer = "cnn" in branches, "transformer" in branches
 
-        # --- the two encoders
-        self.transformer = ViTEncoder(
-            self.vit_name,
-            in_channels,
-            self.img_size,
-            depth=preset["depth"] if depth is None and vit_name is None else depth,
-            pretrained=pretrained,
-            weights=vit_weights,
-            drop_path_rate=drop_path_rate,
-        )
-        self.cnn = create_cnn_encoder(
-            self.cnn_name, in_channels, out_indices=cnn_out_indices, pretrained=pretrained, weights=cnn_weights
-        )
-        c4, c8, c16 = (int(c) for c in self.cnn.feature_info.channels())
-        embed_dim = self.transformer.embed_dim
+        # --- the encoders (created in this order, so the default network draws the same random numbers as always)
+        self.transformer = None
+        if has_transformer:
+            depth = preset["depth"] if depth is None and vit_name is None else depth
+            if self.sequential:  # on the CNN's stride-16 map: one token per position
+                channels16 = _cnn_channels(self.cnn_name, cnn_out_indices)[2]
+                self.transformer = ViTEncoder(
+                    self.vit_name, channels16, [s // PATCH_SIZE for s in self.img_size], depth=depth,
+                    pretrained=pretrained, weights=vit_weights, drop_path_rate=drop_path_rate, patch_size=1,
+                )
+            else:
+                self.transformer = ViTEncoder(
+                    self.vit_name, in_channels, self.img_size, depth=depth, pretrained=pretrained,
+                    weights=vit_weights, drop_path_rate=drop_path_rate,
+                )
+        self.cnn = None
+        if has_cnn:
+            self.cnn = create_cnn_encoder(
+                self.cnn_name, in_channels, out_indices=cnn_out_indices, pretrained=pretrained, weights=cnn_weights
+            )
+            c4, c8, c16 = (int(c) for c in self.cnn.feature_info.channels())
+        else:  # decoded at the widths of the preset's CNN
+            c4, c8, c16 = _cnn_channels(self.cnn_name, cnn_out_indices)
+        self.cnn2 = None
+        if self.second_cnn_name is not None:
+            self.cnn2 = create_cnn_encoder(
+                self.second_cnn_name, in_channels, pretrained=pretrained, weights=second_cnn_weights
+            )
         self.feature_channels = (c16, c8, c4)
 
-        # --- transformer branch upsampling: t0 (H/16, E) -> t1 (H/8, c8) -> t2 (H/4, c4)
-        self.transformer_up1 = ResidualUpBlock(spatial_dims, embed_dim, c8)
-        self.transformer_up2 = ResidualUpBlock(spatial_dims, c8, c4)
+        # --- the second branch's maps (H/16, H/8, H/4): transformer t0 (E) -> t1 (c8) -> t2 (c4), or the second CNN's
+        self.transformer_up1 = None
+        self.transformer_up2 = None
+        second: tuple[int, int, int] | None = None
+        if self.transformer is not None:
+            embed_dim = self.transformer.embed_dim
+            self.transformer_up1 = ResidualUpBlock(spatial_dims, embed_dim, c8)
+            self.transformer_up2 = ResidualUpBlock(spatial_dims, c8, c4)
+            second = (embed_dim, c8, c4)
+        if self.cnn2 is not None:
+            v4, v8, v16 = (int(c) for c in self.cnn2.feature_info.channels())
+            second = (v16, v8, v4)
 
-        # --- BiFusion per scale and the attention-gated top-down decoder
-        components = tuple(bifusion)
-        half = dropout / 2
-        self.fusion0 = BiFusion(spatial_dims, c16, embed_dim, c16, reduction=4, components=components, dropout=half)
-        self.fusion1 = BiFusion(spatial_dims, c8, c8, c8, reduction=2, components=components, dropout=half)
-        self.fusion2 = BiFusion(spatial_dims, c4, c4, c4, reduction=1, components=components, dropout=half)
-        self.decoder1 = AttentionGatedUpBlock(spatial_dims, c16, c8, c8)
-        self.decoder2 = AttentionGatedUpBlock(spatial_dims, c8, c4, c4)
+        # --- fusion per scale (two parallel branches), else the maps the decoder merges as they are
+        self.fusion0 = None
+        self.fusion1 = None
+        self.fusion2 = None
+        if has_cnn and second is not None and not self.sequential:
+            components = tuple(bifusion)
+            half = dropout / 2
+            self.fusion0 = BiFusion(spatial_dims, c16, second[0], c16, reduction=4, components=components, dropout=half)
+            self.fusion1 = BiFusion(spatial_dims, c8, second[1], c8, reduction=2, components=components, dropout=half)
+            self.fusion2 = BiFusion(spatial_dims, c4, second[2], c4, reduction=1, components=components, dropout=half)
+            decoded = (c16, c8, c4)
+        elif self.sequential:
+            decoded = (second[0], c8, c4)
+        else:
+            decoded = second if second is not None else (c16, c8, c4)
+        self.decoder1 = AttentionGatedUpBlock(spatial_dims, decoded[0], decoded[1], decoded[1])
+        self.decoder2 = AttentionGatedUpBlock(spatial_dims, decoded[1], decoded[2], decoded[2])
 
-        # --- heads: final fused map, transformer t2, deepest fusion f0
-        self.head_final = _head(spatial_dims, c4, c4, out_channels, reduce_1x1=False)
-        self.head_transformer = _head(spatial_dims, c4, c4, out_channels, reduce_1x1=False)
-        self.head_fusion = _head(spatial_dims, c16, c4, out_channels, reduce_1x1=True)
+        # --- heads: final map; the second branch's stride-4 map (a single branch's own); the deepest merged map
+        side = second[2] if second is not None else c4
+        self.head_final = _head(spatial_dims, decoded[2], decoded[2], out_channels, reduce_1x1=False)
+        self.head_transformer = _head(spatial_dims, side, c4, out_channels, reduce_1x1=side != c4)
+        self.head_fusion = _head(spatial_dims, decoded[0], c4, out_channels, reduce_1x1=True)
         self.dropout = nn.Dropout2d(dropout)
 
         for module in (self.transformer_up1, self.transformer_up2, self.fusion0, self.fusion1, self.fusion2,
                        self.decoder1, self.decoder2, self.head_final, self.head_transformer, self.head_fusion):
-            module.apply(_init_weights)
+            if module is not None:
+                module.apply(_init_weights)
         # a checkpoint trained at another input size loads through every consumer of load_state_dict
         self.register_load_state_dict_pre_hook(_fit_pos_embed_on_load)
 
     @property
     def token_grid(self) -> tuple[int, int]:
-        """Token grid ``(h, w)`` of the stored position embedding: ``img_size // 16``."""
+        """Token grid ``(h, w)`` of the stored position embedding: ``img_size // 16``.
+
+        Raises:
+            AttributeError: the network has no transformer branch (ablations E.1, E.4).
+        """
+        if self.transformer is None:
+            raise AttributeError(f"this TransFuse has no transformer branch (branches {list(self.branches)})")
         return int(self.transformer.grid_size[0]), int(self.transformer.grid_size[1])
 
     def fit_pos_embed(
@@ -298,17 +410,30 @@ class TransFuse(nn.Module):
                 "resize or pad the input (e.g. monai.transforms.DivisiblePad(k=16))."
             )
 
-    def _encode_cnn(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _encode_cnn(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The CNN's maps at strides 16, 8, 4, with dropout."""
         # Run the timm feature extractor stage by stage so that dropout on a returned stage also feeds the next one.
-        features: list[torch.Tensor] = []
-        for name, module in self.cnn.items():
-            x = module(x)
-            if name in self.cnn.return_layers:
-                x = self.dropout(x)
-                features.append(x)
-        return features
+        features: List[torch.Tensor] = []
+        if self.cnn is not None:
+            for name, module in self.cnn.items():
+                x = module(x)
+                if name in self.cnn.return_layers:
+                    x = self.dropout(x)
+                    features.append(x)
+        return [features[2], features[1], features[0]]
 
-    def _resize(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    def _encode_cnn2(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The second CNN's maps at strides 16, 8, 4, with dropout (see :meth:`_encode_cnn`)."""
+        features: List[torch.Tensor] = []
+        if self.cnn2 is not None:
+            for name, module in self.cnn2.items():
+                x = module(x)
+                if name in self.cnn2.return_layers:
+                    x = self.dropout(x)
+                    features.append(x)
+        return [features[2], features[1], features[0]]
+
+    def _resize(self, x: torch.Tensor, size: List[int]) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -322,20 +447,111 @@ class TransFuse(nn.Module):
         """
         self._check_input(x)
         size = [int(x.shape[2]), int(x.shape[3])]
-        t0 = self.dropout(self.transformer(x))
-        t1 = self.dropout(self.transformer_up1(t0))
-        t2 = self.dropout(self.transformer_up2(t1))
-        g2, g1, g0 = self._encode_cnn(x)
+        # each branch's maps at strides 16, 8, 4 (empty for a branch the network does not have)
+        first: List[torch.Tensor] = []
+        second: List[torch.Tensor] = []
+        if self.transformer is not None:
+            if self.sequential:
+                first = self._encode_cnn(x)
+                t0 = self.dropout(self.transformer(first[0]))
+            else:
+                t0 = self.dropout(self.transformer(x))
+            t1 = self.dropout(self.transformer_up1(t0))
+            t2 = self.dropout(self.transformer_up2(t1))
+            second = [t0, t1, t2]
+        if self.cnn is not None and not self.sequential:
+            first = self._encode_cnn(x)
+        if self.cnn2 is not None:
+            second = self._encode_cnn2(x)
 
-        f0 = self.fusion0(g0, t0)
-        f1 = self.fusion1(g1, t1)
-        f2 = self.fusion2(g2, t2)
-        out = self._resize(self.head_final(self.decoder2(self.decoder1(f0, f1), f2)), size)
+        if self.fusion0 is not None:  # two parallel branches (fusion1 and fusion2 exist with it)
+            merged = [self.fusion0(first[0], second[0]), self.fusion1(first[1], second[1]),
+                      self.fusion2(first[2], second[2])]
+        elif self.sequential:
+            merged = [second[0], first[1], first[2]]
+        elif len(first) > 0:
+            merged = first
+        else:
+            merged = second
+        out = self._resize(self.head_final(self.decoder2(self.decoder1(merged[0], merged[1]), merged[2])), size)
         if not (self.training and self.deep_supervision):
             return out
-        out_t = self._resize(self.head_transformer(t2), size)
-        out_f = self._resize(self.head_fusion(f0), size)
+        side = second[2] if len(second) > 0 else first[2]
+        out_t = self._resize(self.head_transformer(side), size)
+        out_f = self._resize(self.head_fusion(merged[0]), size)
         return torch.stack([out, out_t, out_f], dim=1)
+
+
+def _resolve_ablation(
+    ablation: str | None,
+    branches: Sequence[str] | None,
+    composition: str | None,
+    bifusion: Sequence[str] | None,
+) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
+    """``(branches, composition, bifusion)`` of a TransFuse: the arguments given, the ``ablation``'s row of
+    :data:`TABLE5_ABLATIONS` for those not given, the defaults for the rest; checked together.
+
+    Raises:
+        ValueError: an unknown ablation, branch or composition; an explicit value that contradicts the ablation; a
+            combination the paper does not define.
+    """
+    preset: dict = {}
+    if ablation is not None:
+        if ablation not in TABLE5_ABLATIONS:
+            raise ValueError(
+                f"Unknown ablation '{ablation}'; choose one of {sorted(TABLE5_ABLATIONS)} (the paper's Table 5: "
+                + "; ".join(f"{k} {v}" for k, v in TABLE5_DESCRIPTIONS.items()) + ")."
+            )
+        preset = TABLE5_ABLATIONS[ablation]
+        given = {"branches": branches, "composition": composition, "bifusion": bifusion}
+        for key, value in given.items():
+            if value is None:
+                continue
+            expected = preset.get(key, {"composition": "parallel", "bifusion": BIFUSION_COMPONENTS}.get(key))
+            normalized = value if isinstance(value, str) else tuple(value)
+            if expected is not None and normalized != (expected if isinstance(expected, str) else tuple(expected)):
+                raise ValueError(
+                    f"ablation '{ablation}' ({TABLE5_DESCRIPTIONS[ablation]}) sets {key}={expected!r}, but "
+                    f"{key}={normalized!r} was given; leave {key} unset or choose another ablation."
+                )
+    explicit_bifusion = bifusion is not None or "bifusion" in preset
+    branches = tuple(branches if branches is not None else preset.get("branches", ("cnn", "transformer")))
+    composition = composition if composition is not None else preset.get("composition", "parallel")
+    bifusion = tuple(bifusion if bifusion is not None else preset.get("bifusion", BIFUSION_COMPONENTS))
+
+    unknown = sorted(set(branches) - set(BRANCHES))
+    if unknown or not branches or len(set(branches)) != len(branches):
+        raise ValueError(f"branches must be distinct names from {list(BRANCHES)}, got {list(branches)}.")
+    if set(branches) not in ({"cnn", "transformer"}, {"cnn"}, {"transformer"}, {"cnn", "cnn2"}):
+        raise ValueError(
+            f"branches {list(branches)} are not one of the paper's: ('cnn', 'transformer') TransFuse, ('cnn',) and "
+            "('transformer',) a single branch, ('cnn', 'cnn2') two CNNs."
+        )
+    if composition not in COMPOSITIONS:
+        raise ValueError(f"composition must be one of {list(COMPOSITIONS)}, got '{composition}'.")
+    if composition == "sequential" and set(branches) != {"cnn", "transformer"}:
+        raise ValueError(
+            f"a sequential composition feeds the CNN's maps to the transformer: it needs branches ('cnn', "
+            f"'transformer'), got {list(branches)}."
+        )
+    fused = len(branches) == 2 and composition == "parallel"
+    if not fused and explicit_bifusion and bifusion:
+        raise ValueError(
+            f"bifusion={list(bifusion)} fuses two parallel branches; this network has branches {list(branches)} "
+            f"composed '{composition}', with nothing to fuse: leave bifusion unset."
+        )
+    return branches, composition, bifusion
+
+
+def _cnn_channels(name: str, out_indices: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Channels of a timm CNN's stride 4, 8, 16 maps (the model is built on the meta device: nothing allocated)."""
+    import timm
+
+    indices = list(out_indices) if out_indices is not None else select_feature_indices(name)
+    with torch.device("meta"):
+        probe = timm.create_model(name, features_only=True, pretrained=False, out_indices=tuple(indices))
+    c4, c8, c16 = (int(c) for c in probe.feature_info.channels())
+    return c4, c8, c16
 
 
 def _candidate_grids(n: int, model_grid: Sequence[int]) -> list[tuple[int, int]]:
@@ -359,7 +575,7 @@ def _fit_pos_embed_on_load(
     """``load_state_dict`` pre-hook of :class:`TransFuse`: resample a position embedding of another token grid in
     place (``load_state_dict`` hands its hooks its own copy of the caller's dict)."""
     key = prefix + POS_EMBED_KEY
-    if key in state_dict:
+    if module.transformer is not None and key in state_dict:
         state_dict[key] = module.fit_pos_embed(state_dict[key], source="the state dict given to load_state_dict")
 
 
