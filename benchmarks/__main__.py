@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "folder-inference": ("benchmarks.folder_inference", "polyp bundle folder inference per path: images/s, profile"),
     "parity": ("benchmarks.parity", "Dice change of every fast path and export on polyp images"),
     "nnunet": ("benchmarks.nnunet", "TransFuse-S vs nnU-Net's 2D U-Net, trained by nnU-Net for equal time"),
+    "table5": ("benchmarks.table5", "the paper's Table 5 ablations trained through the polyp bundle, complexity"),
     "gpu-kit": ("benchmarks.gpu.kit", "the GPU run kit's stages (run by benchmarks/gpu/run.sh)"),
     "gpu-pack-data": ("benchmarks.gpu.pack_data", "pack the polyp data that travels with the GPU kit"),
 }

@@ -49,6 +49,8 @@ import os
 import shutil
 from pathlib import Path
 
+from transfuse_monai.networks.nets import TABLE5_DESCRIPTIONS
+
 from benchmarks.common import (
     OUTPUT,
     REPO,
@@ -79,7 +81,7 @@ ID = {
     "dataset_dir": "dataset_dir", "output_dir": "output_dir", "ckpt_dir": "ckpt_dir", "epochs": "epochs",
     "image_size": "image_size", "pretrained": "pretrained", "num_workers": "num_workers", "seed": "seed",
     "batch_size": "batch_size", "learning_rate": "learning_rate", "val_interval": "val_interval",
-    "save_checkpoints": "save_checkpoints", "amp": "amp",
+    "save_checkpoints": "save_checkpoints", "amp": "amp", "ablation": "ablation",
     # polyp only: training subset before the validation split, multi-scale training, test sets
     "datalist": "datalist", "val_fraction": "val_fraction", "multi_scale": "multi_scale",
     "multi_scale_mode": "multi_scale_mode", "test_sets": "test_sets", "test_datalist": "test_datalist",
@@ -98,6 +100,8 @@ def flag(key: str, value) -> list[str]:
     return ["--" + ID[key], str(value)]
 
 
+#: the models a budget run can train: a label, a ``network_def`` replacing the bundle's (None: the bundle's own
+#: TransFuse) and command-line overrides of the bundle (``flags``: config id -> value)
 PEERS = {
     "transfuse_s": {"label": "TransFuse-S", "network_def": None},  # the bundle's own network (TransFuse, variant S)
     "flexunet_resnet34": {
@@ -105,6 +109,9 @@ PEERS = {
         "network_def": {"_target_": "monai.networks.nets.FlexibleUNet", "in_channels": f"$@{ID['task']}.in_channels",
                         "out_channels": f"$@{ID['task']}.out_channels", "backbone": "resnet34", "pretrained": False},
     },
+    # the paper's Table 5 ablations of TransFuse-S (python -m benchmarks table5)
+    **{f"ablation_{key}": {"label": f"{key}: {text}", "network_def": None, "flags": {"ablation": key}}
+       for key, text in TABLE5_DESCRIPTIONS.items()},
 }
 #: TransFuse-S in the paper (ISIC 2017 test set, 192x256, ImageNet-pretrained backbones, 25 epochs on a GPU).
 ISIC_PAPER = {"jaccard": 0.795, "dice": 0.872, "accuracy": 0.944}
@@ -435,6 +442,7 @@ def run(args: argparse.Namespace) -> None:
             net_cfgs = [out / "configs" / f"{key}.json"]
             net_cfgs[0].write_text(json.dumps({ID["network_def"]: peer["network_def"]}, indent=2) + "\n")
         dirs = [*flag("ckpt_dir", rel(ckpt_dir)), *flag("output_dir", rel(eval_dir))]
+        dirs += [arg for key_, value in peer.get("flags", {}).items() for arg in flag(key_, value)]
         print(f"\n=== {peer['label']} ===", flush=True)
         train_cmd = bundle_command(
             "training", [configs / "train.json", *net_cfgs, budget_cfg], *common, *dirs,

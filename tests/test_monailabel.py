@@ -178,7 +178,8 @@ def test_mc_dropout_task_returns_stochastic_probabilities(bundle, tmp_path):
     image = datastore.get_image_uri(datastore.list_images()[0])
     task = _app_module("lib.epistemic").MCDropoutBundleInferTask(str(path), {}, dropout=0.2)
     preds = [torch.as_tensor(np.asarray(task({"image": image, "device": "cpu"})[1]["pred"])) for _ in range(2)]
-    label = np.asarray(BundleInferTask(str(path), {})({"image": image, "device": "cpu", "skip_writer": True})[1]["pred"])
+    _, data = BundleInferTask(str(path), {})({"image": image, "device": "cpu", "skip_writer": True})
+    label = np.asarray(data["pred"])
     assert tuple(preds[0].shape) == (get_task(bundle).out_channels, *label.shape), (preds[0].shape, label.shape)
     assert preds[0].is_floating_point() and 0.0 <= float(preds[0].min()) and float(preds[0].max()) <= 1.0
     assert not torch.equal(preds[0], preds[1]), "dropout did not sample"

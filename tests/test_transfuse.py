@@ -507,3 +507,14 @@ def test_ablation_branch_weights_load_from_files(tmp_path):
     torch.testing.assert_close(e4.cnn2.features_0.weight, vgg.features[0].weight)
     with pytest.raises(FileNotFoundError, match="not found"):
         TransFuse(img_size=(64, 64), ablation="E.4", second_cnn_weights=tmp_path / "nope.pth")
+
+
+def test_checkpoint_of_another_ablation_is_refused_with_the_way_out(tmp_path):
+    from transfuse_monai.networks.nets import load_transfuse_checkpoint
+
+    torch.save(TransFuse(img_size=(64, 64)).state_dict(), tmp_path / "e6.pt")
+    e1 = TransFuse(img_size=(64, 64), ablation="E.1")
+    before = {k: v.clone() for k, v in e1.state_dict().items()}
+    with pytest.raises(ValueError, match="unexpected: transformer.pos_embed.*--ablation"):
+        load_transfuse_checkpoint(e1, tmp_path / "e6.pt")
+    assert all(torch.equal(before[k], v) for k, v in e1.state_dict().items()), "a refused checkpoint changed weights"

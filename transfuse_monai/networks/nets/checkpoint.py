@@ -192,10 +192,17 @@ def load_transfuse_checkpoint(
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
                 details.append(f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+        branches = {k.split(".")[0] for k in missing + unexpected} & {"cnn", "cnn2", "transformer", "fusion0"}
+        hint = (
+            f" Its branches differ from this network's ({', '.join(model.branches)}, {model.composition}): build "
+            "the network with the checkpoint's ablation (the bundles' --ablation E.1 ... E.6)."
+            if branches else ""
+        )
         raise ValueError(
             f"{source} does not fit this TransFuse ({'authors' if authors else 'transfuse_monai'} format): "
             + "; ".join(details)
             + "."
+            + hint
         )
     model.load_state_dict(state, strict=True)
     if authors:

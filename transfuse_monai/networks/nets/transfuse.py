@@ -359,12 +359,14 @@ class TransFuse(nn.Module):
 
         Returns:
             the resampled embedding; ``pos_embed`` itself when it already has this network's token count (and no
-            ``source_grid`` says otherwise), or is not a ``(1, n, embed_dim)`` tensor of this network's width (the
-            strict shape check of ``load_state_dict`` reports the latter).
+            ``source_grid`` says otherwise), or is not a ``(1, n, embed_dim)`` tensor of this network's width, or the
+            network has no transformer (the strict checks of ``load_state_dict`` report the latter two).
 
         Raises:
             ValueError: ``source_grid`` does not hold the embedding's tokens, or the grid cannot be inferred.
         """
+        if self.transformer is None:  # no transformer branch: the strict state-dict check reports the extra entry
+            return pos_embed
         own = self.transformer.pos_embed
         if (
             not isinstance(pos_embed, torch.Tensor) or pos_embed.dim() != 3 or pos_embed.shape[0] != 1
@@ -423,7 +425,9 @@ class TransFuse(nn.Module):
         return [features[2], features[1], features[0]]
 
     def _encode_cnn2(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The second CNN's maps at strides 16, 8, 4, with dropout (see :meth:`_encode_cnn`)."""
+        """The second CNN's maps at strides 16, 8, 4, with dropout (see :meth:`_encode_cnn`; a method of its own
+        because TorchScript cannot pass a submodule as an argument, and wrapping the CNNs would rename their state-dict
+        keys)."""
         features: List[torch.Tensor] = []
         if self.cnn2 is not None:
             for name, module in self.cnn2.items():
