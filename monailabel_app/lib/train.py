@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 
-from monai.handlers import CheckpointLoader
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 __all__ = ["FineTuneBundleTrainTask"]
@@ -32,21 +31,15 @@ class FineTuneBundleTrainTask(BundleTrainTask):
 
     def _load_checkpoint(self, model_pytorch, pretrained, train_handlers):
         self._fine_tune = bool(pretrained) and os.path.isfile(model_pytorch)
-        if not self._fine_tune:
+        if self._fine_tune:  # MONAI Label's CheckpointLoader of the served weights
+            logger.info(f"Fine-tuning from {model_pytorch}; the bundle's ImageNet initialisation is skipped")
+            super()._load_checkpoint(model_pytorch, pretrained, train_handlers)
+        else:
             logger.info(
                 f"Training from the bundle's initialisation ({IMAGENET_KEY}={self.bundle_config.get(IMAGENET_KEY)} in "
                 f"train.json): the request has pretrained={pretrained} and {model_pytorch} "
                 f"{'exists' if os.path.isfile(model_pytorch) else 'does not exist'}"
             )
-            return
-        if not any(handler.get("_target_") == CheckpointLoader.__name__ for handler in train_handlers):
-            logger.info(f"Fine-tuning from {model_pytorch}; the bundle's ImageNet initialisation is skipped")
-            train_handlers.insert(0, {
-                "_target_": CheckpointLoader.__name__,
-                "load_path": model_pytorch,
-                "load_dict": {self.model_dict_key: f"$@{self.const.key_network()}"},
-                "strict": self.load_strict,
-            })
 
     def _update_overrides(self, overrides):
         if self._fine_tune:

@@ -76,6 +76,8 @@ TABLE5_DESCRIPTIONS = {
     "E.6": "CNN + transformer in parallel, BiFusion (TransFuse)",
 }
 SECOND_CNN = "vgg16"
+#: the value of each ablation axis where neither the arguments nor the ablation set it: TransFuse
+_AXIS_DEFAULTS = {"branches": ("cnn", "transformer"), "composition": "parallel", "bifusion": BIFUSION_COMPONENTS}
 
 
 def pretrained_normalization(
@@ -507,21 +509,19 @@ def _resolve_ablation(
                 + "; ".join(f"{k} {v}" for k, v in TABLE5_DESCRIPTIONS.items()) + ")."
             )
         preset = TABLE5_ABLATIONS[ablation]
-        given = {"branches": branches, "composition": composition, "bifusion": bifusion}
-        for key, value in given.items():
-            if value is None:
-                continue
-            expected = preset.get(key, {"composition": "parallel", "bifusion": BIFUSION_COMPONENTS}.get(key))
-            normalized = value if isinstance(value, str) else tuple(value)
-            if expected is not None and normalized != (expected if isinstance(expected, str) else tuple(expected)):
-                raise ValueError(
-                    f"ablation '{ablation}' ({TABLE5_DESCRIPTIONS[ablation]}) sets {key}={expected!r}, but "
-                    f"{key}={normalized!r} was given; leave {key} unset or choose another ablation."
-                )
+    given = {"branches": branches, "composition": composition, "bifusion": bifusion}
+    resolved = {}
+    for key, value in given.items():
+        default = preset.get(key, _AXIS_DEFAULTS[key])
+        value = default if value is None else value if isinstance(value, str) else tuple(value)
+        if ablation is not None and value != default:
+            raise ValueError(
+                f"ablation '{ablation}' ({TABLE5_DESCRIPTIONS[ablation]}) sets {key}={default!r}, but "
+                f"{key}={value!r} was given; leave {key} unset or choose another ablation."
+            )
+        resolved[key] = value
     explicit_bifusion = bifusion is not None or "bifusion" in preset
-    branches = tuple(branches if branches is not None else preset.get("branches", ("cnn", "transformer")))
-    composition = composition if composition is not None else preset.get("composition", "parallel")
-    bifusion = tuple(bifusion if bifusion is not None else preset.get("bifusion", BIFUSION_COMPONENTS))
+    branches, composition, bifusion = resolved["branches"], resolved["composition"], resolved["bifusion"]
 
     unknown = sorted(set(branches) - set(BRANCHES))
     if unknown or not branches or len(set(branches)) != len(branches):
