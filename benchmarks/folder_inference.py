@@ -10,12 +10,14 @@ images (Kvasir and CVC-ClinicDB, 162 images, linked in place, never copied):
     fp32            inference.json with --amp false --channels_last false (PyTorch float32, the reference)
     amp             inference.json with --amp true --backend pytorch (PyTorch bfloat16 autocast + channels-last)
     auto            inference.json as shipped, every export beside the checkpoint: amp and backend auto choose
-                    (on CPUs with native bfloat16: OpenVINO's model.xml; elsewhere the int8 ONNX export)
+                    (with AMX: OpenVINO's model.xml; with native bfloat16 but no AMX: the accuracy-controlled
+                    model_int8.xml, else model.xml; elsewhere the int8 ONNX export)
     onnx            + inference_onnx.json on the fp32 ONNX export (ONNX Runtime)
     onnx-int8       + inference_onnx.json on the onnx-int8 export
     openvino        + inference_openvino.json (the CPU's default precision)
     openvino+fp32   + inference_openvino.json --openvino_precision f32
-    openvino-int8   + inference_openvino.json on the openvino-int8 export (NNCF)
+    openvino-int8   + inference_openvino.json on the openvino-int8 export (NNCF; accuracy-controlled with
+                    --accuracy-count)
 
 The exports are made first from ``--ckpt`` with ``python -m transfuse_monai.export`` (the int8 ones calibrated on
 the training images of ``--data``) into ``<out>/models`` (kept, and reused by a later run with ``--reuse-exports``).
@@ -123,6 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the bundle's)")
     parser.add_argument("--image-size", type=int, nargs=2, default=None, help="default: the bundle's (352 352)")
     parser.add_argument("--calib-count", type=int, default=16, help="int8 exports: calibration images")
+    parser.add_argument("--accuracy-count", type=int, default=0,
+                        help="openvino-int8: NNCF accuracy control on this many labelled training images (e.g. 64)")
     parser.add_argument("--reuse-exports", action="store_true", help="keep exports found in <out>/models")
     parser.add_argument("--out", type=Path, default=OUTPUT / "folder_inference")
 
@@ -139,7 +143,7 @@ def make_exports(args, models: Path) -> None:
         return
     cmd = [sys.executable, "-m", "transfuse_monai.export", str(REPO / "bundles" / "polyp"), "--formats", *formats,
            "--ckpt", str(models / "model.pt"), "--output_dir", str(models), "--calib_dir", str(args.data),
-           "--calib_count", str(args.calib_count)]
+           "--calib_count", str(args.calib_count), "--accuracy_count", str(args.accuracy_count)]
     if args.image_size:
         cmd += ["--image_size", *map(str, args.image_size)]
     seconds = run_checked(cmd, args.out / "logs" / "export.log")

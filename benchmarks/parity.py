@@ -13,7 +13,8 @@ reference) and once through each path of ``--paths``:
     onnx-int8           the onnx-int8 export (ONNX Runtime static int8), or --int8
     openvino            the OpenVINO IR in the CPU's default precision (bfloat16 with AMX / AVX512-BF16)
     openvino+fp32       the same IR forced to float32
-    openvino-int8       the openvino-int8 export (NNCF int8)
+    openvino-int8       the openvino-int8 export (NNCF int8; accuracy-controlled with --accuracy_count), or
+                        --openvino_int8
     openvino-onnx-int8  the onnx-int8 export read and run by OpenVINO itself
 
 Each mask is scored against the ground truth resized to the model resolution (nearest). Per path the report gives,
@@ -120,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sets", nargs="+", default=["Kvasir", "CVC-ClinicDB"])
     parser.add_argument("--image_size", type=int, nargs=2, default=[352, 352])
     parser.add_argument("--calib_count", type=int, default=16)
+    parser.add_argument("--accuracy_count", type=int, default=0,
+                        help="openvino-int8: NNCF accuracy control on this many labelled training images (e.g. 64)")
+    parser.add_argument("--openvino_int8", default=None, help="openvino-int8: this IR (default: export one)")
     parser.add_argument("--full_range", action="store_true",
                         help="onnx-int8: 8-bit weights (reduce_range=False) instead of the export's 7-bit weights")
     parser.add_argument("--float_modules", nargs="*", default=None, metavar="MODULE",
@@ -183,12 +187,20 @@ def build_path(name: str, args, net: torch.nn.Module, size: list[int], exports: 
         model = OpenVINONetwork(path, num_threads=args.threads)
         return model, f"{path.name}, the floating point part in {model.precision}"
     if name == "openvino-int8":
-        info = ex.export_openvino_int8(BUNDLE, exports / "model_int8.xml", args.ckpt, calib_dir=args.data,
-                                       calib_count=args.calib_count, min_dice=0.0, float_modules=float_modules,
-                                       image_size=size)
-        model = OpenVINONetwork(exports / "model_int8.xml", num_threads=args.threads)
-        return model, (f"{', '.join(float_modules) or 'nothing'} in floating point ({model.precision}); export "
-                       f"check: mask Dice {info['mean_dice']:.4f} on held-out training images")
+        if args.openvino_int8:
+            path = Path(args.openvino_int8)
+            note = f"model {path}"
+        else:
+            path = exports / "model_int8.xml"
+            info = ex.export_openvino_int8(BUNDLE, path, args.ckpt, calib_dir=args.data, calib_count=args.calib_count,
+                                           min_dice=0.0, float_modules=float_modules,
+                                           accuracy_count=args.accuracy_count, image_size=size)
+            note = (f"{', '.join(float_modules) or 'nothing'} in floating point; export check: mask Dice "
+                    f"{info['mean_dice']:.4f} on held-out training images")
+        bound = ex.accuracy_controlled(path)
+        model = OpenVINONetwork(path, num_threads=args.threads)
+        control = "plain quantisation" if bound is None else f"accuracy-controlled, max_drop {bound:g}"
+        return model, f"{control}; floating point part in {model.precision}; {note}"
     raise ValueError(f"unknown path {name!r}; choose from {list(PATHS)}")
 
 

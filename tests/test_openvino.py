@@ -165,6 +165,63 @@ def test_openvino_int8_export_is_verified_and_quantised(int8_exported, exported)
     assert len(body) > 40 and sum(map(quantized, body)) > 0.9 * len(body)
 
 
+def test_accuracy_items_are_labelled_held_out_training_images(exported):
+    items = export.accuracy_items(REPO / "bundles" / "polyp", exported["data"], count=3, skip=4, image_size=TINY)
+    calib = export.calibration_images(REPO / "bundles" / "polyp", exported["data"], 4, image_size=TINY)
+    assert len(items) == 3
+    for image, label in items:
+        assert image.shape == (1, 3, *TINY) and image.dtype == np.float32
+        assert label.shape == tuple(TINY) and set(np.unique(label)) <= {0, 1} and label.any()
+        assert not any(np.array_equal(image[0], c) for c in calib), "held out from the calibration images"
+    with pytest.raises(ValueError, match="none left after the 8"):
+        export.accuracy_items(REPO / "bundles" / "polyp", exported["data"], count=1, skip=8, image_size=TINY)
+
+
+def test_label_dice_is_per_image_mean_over_foreground_classes():
+    label = np.zeros((4, 4), np.int64)
+    label[:2] = 1
+    logits = np.full((1, 1, 4, 4), -1.0, np.float32)
+    logits[0, 0, :1] = 1.0  # half the foreground found
+    assert export.label_dice(logits, label) == pytest.approx(2 * 4 / (4 + 8))
+    assert export.label_dice(np.full((1, 1, 4, 4), -1.0), np.zeros((4, 4), np.int64)) == 1.0  # both empty
+    three = np.zeros((1, 3, 4, 4), np.float32)
+    three[0, 1, :2] = 1.0  # class 1 right, class 2 absent from both
+    assert export.label_dice(three, label) == 1.0
+    three[0, 2, :2] = 2.0  # class 1 predicted as 2: both classes wrong
+    assert export.label_dice(three, label) == 0.0
+
+
+def test_accuracy_controlled_int8_export_is_marked_for_auto(exported, tmp_path):
+    pytest.importorskip("nncf", reason="NNCF is not installed")
+    info = export.export_openvino_int8(REPO / "bundles" / "polyp", tmp_path / "model_int8.xml", exported["ckpt"],
+                                       calib_dir=exported["data"], calib_count=2, verify_count=2, min_dice=0.0,
+                                       accuracy_count=3, max_drop=1.0, image_size=TINY)
+    control = info["accuracy_control"]
+    assert control["accuracy_images"] == 3 and control["max_drop"] == 1.0 and control["quantized"] > 40
+    assert 0.0 <= control["drop"] <= 1.0
+    assert export.accuracy_controlled(tmp_path / "model_int8.xml") == 1.0
+    assert export.accuracy_controlled(exported["results"]["openvino"]["file"]) is None
+    with pytest.raises(ValueError, match="max_drop must be >= 0"):
+        export.quantize_openvino_int8(exported["results"]["openvino"]["file"], tmp_path / "x.xml",
+                                      np.zeros((1, 3, *TINY), np.float32), accuracy=[(None, None)], max_drop=-1)
+
+
+def test_accuracy_control_that_ends_above_max_drop_writes_nothing(exported, tmp_path, monkeypatch):
+    nncf = pytest.importorskip("nncf", reason="NNCF is not installed")
+    xml = exported["results"]["openvino"]["file"]
+    items = export.accuracy_items(REPO / "bundles" / "polyp", exported["data"], count=2, image_size=TINY)
+
+    def inverted(model, *args, **kwargs):  # an "accuracy control" that returns a model with inverted masks
+        logits = model.get_results()[0].input_value(0)
+        return ov.Model([ov.opset13.negative(logits)], model.get_parameters())
+
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", inverted)
+    with pytest.raises(RuntimeError, match=r"mean \|Dice change\| of 0\.\d+ on 2 images \(> max_drop=0\.01\)"):
+        export.quantize_openvino_int8(xml, tmp_path / "int8.xml", np.zeros((1, 3, *TINY), np.float32),
+                                      accuracy=items, max_drop=0.01)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_openvino_int8_rejects_unknown_float_modules(exported, tmp_path):
     pytest.importorskip("nncf", reason="NNCF is not installed")
     with pytest.raises(ValueError, match=r"float_modules \['head'\] name no operation"):
@@ -174,7 +231,8 @@ def test_openvino_int8_rejects_unknown_float_modules(exported, tmp_path):
 
 
 def test_failed_openvino_int8_verification_leaves_no_file(exported, tmp_path, monkeypatch):
-    def quantize_wrong(xml_path, filepath, calibration, float_modules=()):  # a model whose masks are inverted
+    def quantize_wrong(xml_path, filepath, calibration, float_modules=(), accuracy=None, max_drop=0.0):
+        """A model whose masks are inverted."""
         model = ov.Core().read_model(str(xml_path))
         logits = model.get_results()[0].input_value(0)
         negated = ov.Model([ov.opset13.negative(logits)], model.get_parameters())

@@ -43,7 +43,12 @@ forces float32)::
 ``openvino-int8`` writes ``model_int8.xml`` / ``.bin``: the float32 IR quantised by NNCF (OpenVINO's post-training
 quantisation; int8 weights and activations, calibrated on the task's training images like ``onnx-int8``, the
 segmentation head kept in floating point), verified the same way; run it with ``--openvino_path`` pointing at
-``model_int8.xml``.
+``model_int8.xml``. With ``--accuracy_count N`` the quantisation is accuracy-controlled on N further labelled
+training images (NNCF returns the quantised operations that cost most Dice to floating point until the mean
+per-image |Dice change| is at most ``--max_drop``), and ``backend="auto"`` runs the IR on CPUs where it is the
+fastest path measured (native bfloat16 without AMX)::
+
+    python -m transfuse_monai.export bundles/polyp --formats openvino-int8 --calib_dir /data/polyp --accuracy_count 64
 """
 
 from __future__ import annotations
@@ -81,6 +86,9 @@ __all__ = [
     "export_openvino",
     "export_openvino_int8",
     "quantize_openvino_int8",
+    "accuracy_items",
+    "accuracy_controlled",
+    "label_dice",
     "openvino_module_operations",
     "verify_int8_masks",
     "module_nodes",
@@ -104,6 +112,19 @@ INT8_MIN_DICE = 0.95
 #: with a trained checkpoint, the per-image Dice change against fp32 falls from 0.0067 mean / 0.0216 p95 to
 #: 0.0030 / 0.0103 with the head in float32, for at most 2% of the int8 latency (``benchmarks/RESULTS.md``)
 INT8_FLOAT_MODULES = ("head_final",)
+#: default of ``max_drop`` of the accuracy-controlled ``openvino-int8`` export: the largest mean per-image |Dice
+#: change| against the floating-point model (on labelled held-out training images) that NNCF's accuracy control
+#: accepts before it returns the most harmful quantised operations to floating point. Below the parity goal (mean
+#: <= 0.005 on the polyp test images, ``benchmarks/RESULTS.md``), for a margin: at 0.005 the plainly quantised IR
+#: passed on 64 training images (0.0047) and missed the goal on the test images (0.0058); at 0.004 six operations
+#: went back to floating point and the goal was met (0.0045); 0.0025 did not converge in half an hour on 2 cores
+INT8_MAX_DROP = 0.004
+#: images the accuracy control ranks the quantised operations on (NNCF's subset of the accuracy images the
+#: quantisation hurts most)
+RANKING_IMAGES = 32
+#: where an accuracy-controlled IR records its bound (OpenVINO ``rt_info`` path): what ``backend="auto"`` checks
+#: before it runs an int8 IR
+ACCURACY_CONTROL_RT_INFO = ("transfuse_monai", "accuracy_control_max_drop")
 
 
 def _bundle_paths(bundle_dir: str | os.PathLike) -> tuple[Path, Path, Path]:
@@ -552,10 +573,16 @@ def calibration_images(
                 items = []
             if not items:
                 items = task.datalist(task.resolve_dataset(source, Path(tmp) / "demo_data"), "train", validate=False)
-        chosen = random.Random(seed).sample(range(len(items)), min(count, len(items)))
+        chosen = _training_order(len(items), seed)[:count]
         preprocessing = parser.get_parsed_content("preprocessing")
         images = [np.asarray(preprocessing({"image": items[i]["image"]})["image"], np.float32) for i in chosen]
     return np.stack(images)
+
+
+def _training_order(n: int, seed: int) -> list[int]:
+    """The seeded order in which training images are taken for calibration, verification and accuracy control
+    (each takes the next ones, so the three sets never overlap)."""
+    return random.Random(seed).sample(range(n), n)
 
 
 def _module_paths(node) -> list[str]:
@@ -782,6 +809,92 @@ def _split_calibration(bundle_dir, calib_dir, calib_count: int, verify_count: in
     return calib, (held_out if len(held_out) else calib)
 
 
+def accuracy_items(
+    bundle_dir: str | os.PathLike, calib_dir: str | os.PathLike | None = None, count: int = 64, skip: int = 0,
+    seed: int = 0, **overrides,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Labelled training images of a bundle's task at the network's input, for accuracy-controlled quantisation.
+
+    The images are chosen as :func:`calibration_images` chooses them (same seed and order), after the first ``skip``
+    (the calibration and verification images), and preprocessed by ``train.json``'s validation transforms
+    (``validate#preprocessing``: the image exactly as ``inference.json`` prepares it, the label resized with it). A
+    volume of a 2D network (prostate) gives its slices along the last axis, a seeded choice of them.
+
+    Args:
+        bundle_dir: the bundle folder (with ``configs/train.json``).
+        calib_dir: the task's dataset root (default: ``train.json``'s ``dataset_dir``).
+        count: number of items.
+        skip: items of the seeded order left out first.
+        seed: seed of the choice.
+        overrides: config ids to override (e.g. ``image_size``).
+
+    Returns:
+        ``[(image (1, C, H, W) float32, label (H, W) int64 class indices), ...]``.
+
+    Raises:
+        FileNotFoundError: the bundle has no ``train.json``.
+        ValueError: ``count`` < 1, or the dataset holds no more than ``skip`` labelled training images.
+    """
+    from monai.bundle import ConfigParser
+
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}.")
+    root, _, _ = _bundle_paths(bundle_dir)
+    train = root / "configs" / "train.json"
+    if not train.is_file():
+        raise FileNotFoundError(f"{train} not found: accuracy control needs the task's labelled training images.")
+    parser = ConfigParser()
+    parser.read_config(str(train))
+    parser["bundle_root"] = str(root)
+    parser.update(overrides)
+    source = Path(calib_dir if calib_dir is not None else parser.get_parsed_content("dataset_dir"))
+    parser["dataset_dir"] = str(source)
+    task = parser.get_parsed_content("task")
+    if not task.is_dataset(source):
+        raise ValueError(f"{source} is not a {type(task).__name__} dataset: accuracy control needs labelled training "
+                         "images (--calib_dir <dataset root>).")
+    items = task.datalist(source, "train", validate=False)
+    order = _training_order(len(items), seed)[skip:]
+    if not order:
+        raise ValueError(f"{source} has {len(items)} training images, none left after the {skip} calibration and "
+                         "verification images.")
+    preprocessing = parser.get_parsed_content("validate#preprocessing")
+    rng = random.Random(seed)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for i in order:
+        sample = preprocessing(dict(items[i]))
+        image = np.asarray(sample["image"], np.float32)
+        label = np.asarray(sample["label"])
+        if label.shape[0] > 1:  # one-hot
+            label = label.argmax(0)[None]
+        pairs = [(image, label)]
+        if image.ndim == 4:  # (C, H, W, D) volume, 2D network: slices along the last axis
+            pairs = [(image[..., k], label[..., k]) for k in range(image.shape[-1])]
+            pairs = rng.sample(pairs, min(len(pairs), count - len(out)))
+        out += [(np.ascontiguousarray(x[None]), np.rint(y[0]).astype(np.int64)) for x, y in pairs]
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
+def label_dice(logits: np.ndarray, label: np.ndarray) -> float:
+    """Dice of one image's prediction against its label, the mean over the foreground classes (the thresholded
+    single-channel logits, or the argmax of several channels); 1 for a class absent from both.
+
+    Args:
+        logits: ``(1, C, *spatial)`` network output.
+        label: ``(*spatial)`` class indices.
+    """
+    logits = np.asarray(logits, np.float32)[0]
+    pred = (logits[0] > 0).astype(np.int64) if logits.shape[0] == 1 else logits.argmax(0)
+    scores = []
+    for c in range(1, max(logits.shape[0], 2)):
+        p, g = pred == c, label == c
+        total = int(p.sum()) + int(g.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((p & g).sum()) / total)
+    return float(np.mean(scores))
+
+
 def openvino_module_operations(model, modules: Sequence[str]) -> dict[str, list[str]]:
     """Friendly names of the operations of an OpenVINO model converted from PyTorch that belong to each of
     ``modules`` (dotted submodule paths of the network, e.g. ``"head_final"``).
@@ -807,7 +920,9 @@ def quantize_openvino_int8(
     filepath: str | os.PathLike,
     calibration: np.ndarray,
     float_modules: Sequence[str] = INT8_FLOAT_MODULES,
-) -> None:
+    accuracy: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    max_drop: float = INT8_MAX_DROP,
+) -> dict | None:
     """Quantise a float32 OpenVINO IR to int8 with NNCF's post-training quantisation.
 
     Weights and activations of convolutions and matrix products become int8 (NNCF's ``PERFORMANCE`` preset:
@@ -816,15 +931,35 @@ def quantize_openvino_int8(
     operations of ``float_modules`` (:func:`openvino_module_operations`) are left out (NNCF ignored scope). At run time OpenVINO computes what stays
     floating point in the CPU's default precision.
 
+    With ``accuracy`` (labelled images, :func:`accuracy_items`) the quantisation is accuracy-controlled
+    (``nncf.quantize_with_accuracy_control``): the metric is one minus the mean per-image |Dice change|
+    (:func:`label_dice` against the labels) of the quantised model against the float32 IR, and NNCF returns the
+    quantised operations that cost most to floating point, one ranked group at a time, until the drop is at most
+    ``max_drop``. The bound is recorded in the IR (:data:`ACCURACY_CONTROL_RT_INFO`). On the polyp bundle's trained
+    checkpoint this kept 3 of 123 operations in floating point (the two input convolutions and one decoder
+    convolution) and met the parity goal on the 162 test images where plain quantisation did not
+    (``benchmarks/RESULTS.md``); it costs minutes of evaluation (about 14 on 2 CPU cores at 352x352 with 64 images).
+
     Args:
         xml_path: the float32 IR, e.g. written by :func:`export_openvino_model`.
         filepath: the ``.xml`` to write (with its ``.bin``).
         calibration: ``(N, C, *spatial)`` calibration images (:func:`calibration_images`).
         float_modules: submodules kept in floating point, e.g. :data:`INT8_FLOAT_MODULES`.
+        accuracy: ``[(image (1, C, *spatial), label (*spatial)), ...]`` held out from ``calibration``: quantise
+            with accuracy control on them (default: plain quantisation).
+        max_drop: with ``accuracy``: the largest mean |Dice change| accepted.
+
+    Returns:
+        With ``accuracy``: ``{"kept_float": [convolutions and matrix products left in floating point besides
+        ``float_modules``], "quantized": number of quantised ones, "accuracy_images": N, "max_drop": max_drop,
+        "drop": the mean |Dice change| reached}``; else ``None``.
 
     Raises:
         ModuleNotFoundError: NNCF is not installed.
-        ValueError: a module of ``float_modules`` names no operation of the IR (nothing is written).
+        ValueError: a module of ``float_modules`` names no operation of the IR, or ``max_drop`` is negative (nothing
+            is written).
+        RuntimeError: the accuracy control ended above ``max_drop`` (measured against the float32 IR; nothing is
+            written).
     """
     try:
         import nncf
@@ -838,14 +973,64 @@ def quantize_openvino_int8(
     if missing:
         raise ValueError(f"float_modules {missing} name no operation of {xml_path}: name submodules of the exported "
                          "network (e.g. 'head_final'), or pass none.")
-    quantized = nncf.quantize(
-        model, nncf.Dataset([np.ascontiguousarray(calibration[i : i + 1], np.float32)
-                             for i in range(len(calibration))]),
+    if not max_drop >= 0:
+        raise ValueError(f"max_drop must be >= 0, got {max_drop}.")
+    options = dict(
         preset=nncf.QuantizationPreset.PERFORMANCE, model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(calibration),
         ignored_scope=nncf.IgnoredScope(names=[n for names in found.values() for n in names]) if found else None,
     )
+    dataset = nncf.Dataset([np.ascontiguousarray(calibration[i : i + 1], np.float32) for i in range(len(calibration))])
+    report = None
+    if not accuracy:
+        quantized = nncf.quantize(model, dataset, **options)
+    else:
+        reference = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        items = [(x, y, label_dice(reference(x)[reference.output(0)], y)) for x, y in accuracy]
+
+        def parity(compiled, data) -> tuple[float, list[float]]:
+            """1 - |Dice change| per image, and their mean: NNCF's metric (higher is better)."""
+            values = [1.0 - abs(label_dice(compiled(x)[compiled.output(0)], y) - ref) for x, y, ref in data]
+            return float(np.mean(values)), values
+
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        quantized = nncf.quantize_with_accuracy_control(
+            model, dataset, nncf.Dataset(items, lambda item: item[0]), parity, max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE, **options,
+            # each ranking evaluates every quantised operation (about 120) on these images: NNCF takes the ones
+            # the quantisation hurts most; the drop itself is always measured on all the accuracy images
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                ranking_subset_size=min(len(items), RANKING_IMAGES)),
+        )
+        compiled = ov.Core().compile_model(quantized, "CPU")
+        drop = 1.0 - parity(compiled, items)[0]  # against the float32 reference (NNCF's is the default precision)
+        if not drop <= max_drop:
+            raise RuntimeError(f"accuracy control ended at a mean |Dice change| of {drop:.4f} on {len(items)} images "
+                               f"(> max_drop={max_drop:g}); nothing written: raise max_drop or add accuracy images.")
+        fake_quantized = {op.get_friendly_name() for op in quantized.get_ops()
+                          if any(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
+                                 for i in range(op.get_input_size()))
+                          and op.get_type_name() in ("Convolution", "MatMul")}
+        weighted = [op.get_friendly_name() for op in ov.Core().read_model(str(xml_path)).get_ops()
+                    if op.get_type_name() in ("Convolution", "MatMul")]
+        ignored = {n for names in found.values() for n in names}
+        report = {"kept_float": sorted(n for n in weighted if n not in fake_quantized and n not in ignored),
+                  "quantized": len(fake_quantized), "accuracy_images": len(items), "max_drop": float(max_drop),
+                  "drop": drop}
+        quantized.set_rt_info(str(float(max_drop)), list(ACCURACY_CONTROL_RT_INFO))
     ov.save_model(quantized, str(filepath), compress_to_fp16=False)
+    return report
+
+
+def accuracy_controlled(xml_path: str | os.PathLike) -> float | None:
+    """The ``max_drop`` an int8 IR was quantised under with accuracy control (:func:`quantize_openvino_int8`), or
+    ``None`` (plain quantisation, or not an IR of this library)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+    key = list(ACCURACY_CONTROL_RT_INFO)
+    return float(model.get_rt_info(key).astype(str)) if model.has_rt_info(key) else None
 
 
 def export_openvino_int8(
@@ -857,6 +1042,8 @@ def export_openvino_int8(
     verify_count: int = 8,
     min_dice: float = INT8_MIN_DICE,
     float_modules: Sequence[str] = INT8_FLOAT_MODULES,
+    accuracy_count: int = 0,
+    max_drop: float = INT8_MAX_DROP,
     **overrides,
 ) -> dict:
     """Export a bundle's network to an int8 OpenVINO IR (:func:`quantize_openvino_int8`) and verify it on real
@@ -864,6 +1051,9 @@ def export_openvino_int8(
     within 1e-4) is quantised on ``calib_count`` training images and compiled for the CPU as
     :class:`~transfuse_monai.inferers.OpenVINONetwork` runs it; its masks on ``verify_count`` other training images
     must agree with eager PyTorch at a mean Dice of at least ``min_dice``. Both files are moved into place only then.
+    With ``accuracy_count`` the quantisation is accuracy-controlled on that many further labelled training images
+    (:func:`accuracy_items`, ``max_drop``): the IR that ``backend="auto"`` runs on CPUs with int8 dot products
+    but without AMX.
 
     Args:
         bundle_dir: the bundle folder.
@@ -874,11 +1064,13 @@ def export_openvino_int8(
         verify_count: number of verification images.
         min_dice: smallest allowed mean Dice between the int8 and eager masks.
         float_modules: submodules kept in floating point.
+        accuracy_count: labelled training images of the accuracy control (0: plain quantisation).
+        max_drop: the accuracy control's largest mean per-image |Dice change|, see :func:`quantize_openvino_int8`.
         overrides: config ids to override (e.g. ``image_size``).
 
     Returns:
-        The figures of :func:`verify_int8_masks` and ``precision``, the precision OpenVINO compiled the floating
-        point part in.
+        The figures of :func:`verify_int8_masks`, ``precision``, the precision OpenVINO compiled the floating point
+        part in, and with accuracy control its report (:func:`quantize_openvino_int8`) under ``"accuracy_control"``.
 
     Raises:
         FileNotFoundError, TypeError, ValueError: see :func:`load_bundle_network`.
@@ -894,18 +1086,24 @@ def export_openvino_int8(
     final = Path(filepath)
     if final.suffix != ".xml":
         raise ValueError(f"an OpenVINO IR is written as '<name>.xml' (with '<name>.bin' beside it), got '{final}'.")
+    if accuracy_count < 0:
+        raise ValueError(f"accuracy_count must be >= 0, got {accuracy_count}.")
     net, shape = load_bundle_network(bundle_dir, ckpt, **overrides)
     calib, verify = _split_calibration(bundle_dir, calib_dir, calib_count, verify_count, **overrides)
+    accuracy = None
+    if accuracy_count:  # at the exported network's input size (train.json's image_size may differ)
+        accuracy = accuracy_items(bundle_dir, calib_dir, accuracy_count, skip=calib_count + verify_count,
+                                  **{**overrides, "image_size": list(shape[1:])})
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.stem}.") as tmp:
         fp32, xml = Path(tmp) / "model_fp32.xml", Path(tmp) / final.name
         export_openvino_model(net, fp32, shape)
-        quantize_openvino_int8(fp32, xml, calib, float_modules)
+        control = quantize_openvino_int8(fp32, xml, calib, float_modules, accuracy, max_drop)
         compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
         report = verify_int8_masks(lambda x: compiled(x)[compiled.output(0)], net, verify, min_dice,
                                    "int8 OpenVINO")
         _move_ir(xml, final)
-    return {**report, "precision": precision_name(compiled)}
+    return {**report, "precision": precision_name(compiled), **({"accuracy_control": control} if control else {})}
 
 
 def export_bundle(
@@ -918,6 +1116,8 @@ def export_bundle(
     calib_count: int = 16,
     min_dice: float = INT8_MIN_DICE,
     float_modules: Sequence[str] = INT8_FLOAT_MODULES,
+    accuracy_count: int = 0,
+    max_drop: float = INT8_MAX_DROP,
     **overrides,
 ) -> dict[str, dict]:
     """Export a bundle's network in each of ``formats`` to ``output_dir`` (default ``<bundle>/models``).
@@ -933,6 +1133,9 @@ def export_bundle(
         calib_count: int8 formats: number of calibration images.
         min_dice: int8 formats: smallest allowed mean Dice between int8 and eager masks.
         float_modules: int8 formats: submodules kept in floating point.
+        accuracy_count: ``openvino-int8``: labelled training images of NNCF's accuracy control (0: plain
+            quantisation), see :func:`export_openvino_int8`.
+        max_drop: ``openvino-int8`` with ``accuracy_count``: the largest mean per-image |Dice change| accepted.
         overrides: config ids to override (e.g. ``image_size``).
 
     Returns:
@@ -966,7 +1169,8 @@ def export_bundle(
     if "openvino-int8" in formats:
         path = out / "model_int8.xml"
         info = export_openvino_int8(root, path, ckpt, calib_dir, calib_count, min_dice=min_dice,
-                                    float_modules=float_modules, **overrides)
+                                    float_modules=float_modules, accuracy_count=accuracy_count, max_drop=max_drop,
+                                    **overrides)
         results["openvino-int8"] = {"file": str(path), **info}
     return results
 
@@ -1037,13 +1241,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--float_modules", nargs="*", default=list(INT8_FLOAT_MODULES), metavar="MODULE",
                         help="int8 formats: submodules kept in floating point (default: %(default)s; none: quantise "
                         "all)")
+    parser.add_argument("--accuracy_count", type=int, default=0,
+                        help="openvino-int8: quantise with NNCF's accuracy control on this many further labelled "
+                        "training images (e.g. 64; minutes of evaluation; 0: plain quantisation)")
+    parser.add_argument("--max_drop", type=float, default=INT8_MAX_DROP,
+                        help="openvino-int8 with --accuracy_count: largest mean per-image |Dice change| against the "
+                        "float model (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(extra, args.bundle)
         if args.image_size:
             overrides["image_size"] = args.image_size
         results = export_bundle(args.bundle, args.formats, args.ckpt, args.output_dir, args.atol, args.calib_dir,
-                                args.calib_count, args.min_dice, args.float_modules, **overrides)
+                                args.calib_count, args.min_dice, args.float_modules, args.accuracy_count,
+                                args.max_drop, **overrides)
     except (FileNotFoundError, RuntimeError, TypeError, ValueError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
@@ -1055,6 +1266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"{fmt:13s} {info['file']}  int8 vs eager masks: mean Dice {info['mean_dice']:.4f} (min "
                   f"{info['min_dice']:.4f}), max |prob diff| = {info['max_prob_diff']:.3f}")
+            control = info.get("accuracy_control")
+            if control:
+                print(f"{'':13s} accuracy control on {control['accuracy_images']} images: mean |Dice change| "
+                      f"{control['drop']:.4f} (max_drop {control['max_drop']:g}), {control['quantized']} operations "
+                      f"int8, {len(control['kept_float'])} kept in floating point: {', '.join(control['kept_float'])}")
     return 0
 
 

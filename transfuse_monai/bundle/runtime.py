@@ -6,9 +6,12 @@ Runtime or OpenVINO, chosen once per run (``backend``, default ``"auto"``).
 ``"auto"`` takes the fastest runtime the hardware and the bundle's ``models`` folder allow, in the order measured
 on CPUs (``benchmarks/RESULTS.md``):
 
-* on a CPU with native bfloat16 (AMX, AVX512-BF16): the OpenVINO IR ``model.xml`` (OpenVINO compiles it in bfloat16
-  there: 0.40x of fp32 eager on an AVX512-BF16 host, 0.21x with AMX, against 0.54x and 0.40x for PyTorch's bfloat16
-  autocast), else PyTorch in the precision of ``amp`` (bfloat16 autocast with channels-last);
+* on a CPU with AMX: the OpenVINO IR ``model.xml`` (OpenVINO compiles it in bfloat16 there: 0.21x of fp32 eager,
+  against 0.40x for PyTorch's bfloat16 autocast and 0.24x for NNCF int8), else PyTorch in the precision of ``amp``
+  (bfloat16 autocast with channels-last);
+* on a CPU with native bfloat16 but no AMX (AVX512-BF16, with VNNI's int8 dot products): the accuracy-controlled
+  int8 IR ``model_int8.xml`` (``--formats openvino-int8 --accuracy_count N``; about 0.6x of the bfloat16 IR's time
+  with the parity goal met), then ``model.xml`` (0.40x of fp32 eager), else PyTorch as above;
 * on other CPUs: the int8 ONNX export ``model_int8.onnx`` (0.49x of fp32 eager on an AVX2 host), then ``model.xml``
   (0.69x), then ``model.onnx`` (0.68x), else PyTorch in float32;
 * on a GPU: PyTorch (autocast per ``amp``).
@@ -19,8 +22,9 @@ from other weights, and is skipped with a warning), its runtime is installed, an
 or ``"openvino"`` forces one (the latter two run ``model_path``, else the first of their files found:
 ``model_int8.onnx`` then ``model.onnx``; ``model.xml`` then ``model_int8.xml``); the layers ``inference_onnx.json``
 and ``inference_openvino.json`` do that, through ``runtime_options``. Only exports whose masks met the parity goal
-on real images are taken by ``"auto"``: the NNCF int8 IR is not. The log says which runtime and file were chosen and
-why. In a bundle's ``inference.json``::
+on real images are taken by ``"auto"``: an NNCF int8 IR only when it was quantised with accuracy control (the bound
+is recorded in the IR: :func:`transfuse_monai.export.accuracy_controlled`), never a plainly quantised one. The log
+says which runtime and file were chosen and why. In a bundle's ``inference.json``::
 
     "backend": "auto",
     "runtime_options": {},
@@ -41,7 +45,7 @@ import torch.nn as nn
 
 from transfuse_monai.bundle.options import FastPaths
 
-__all__ = ["BACKENDS", "EXPORT_FILES", "Backend", "choose_backend", "InferenceRuntime"]
+__all__ = ["BACKENDS", "EXPORT_FILES", "AUTO_ORDER", "Backend", "choose_backend", "cpu_class", "InferenceRuntime"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +58,25 @@ EXPORT_FILES = {
     "model.onnx": ("onnxruntime", "onnxruntime"),
     "model_int8.xml": ("openvino", "openvino"),
 }
-#: the order ``"auto"`` tries the exports in, by whether the CPU computes bfloat16 natively: only exports whose
-#: masks met the parity goal on the polyp test images (``benchmarks/RESULTS.md``); the NNCF int8 IR
-#: (``model_int8.xml``) did not, and runs only when asked for (``--backend openvino --openvino_path ...``)
-AUTO_ORDER = {True: ("model.xml",), False: ("model_int8.onnx", "model.xml", "model.onnx")}
+#: the order ``"auto"`` tries the exports in, by the CPU's class (:func:`cpu_class`), fastest first as measured
+#: (``benchmarks/RESULTS.md``): only exports whose masks met the parity goal on the polyp test images; the NNCF int8 IR
+#: (``model_int8.xml``) only when accuracy-controlled (plainly quantised it missed the goal). On CPUs without native
+#: bfloat16 OpenVINO's int8 kernels were not measured, so it is not taken there.
+AUTO_ORDER = {
+    "amx": ("model.xml",),
+    "bf16": ("model_int8.xml", "model.xml"),
+    "other": ("model_int8.onnx", "model.xml", "model.onnx"),
+}
+
+
+def cpu_class(native_bf16: bool) -> str:
+    """The key of :data:`AUTO_ORDER` for this CPU: ``"amx"``, ``"bf16"`` (native bfloat16 without AMX) or
+    ``"other"``; ``native_bf16`` is what the ``auto`` precision decided (it honours the kernel limits)."""
+    if not native_bf16:
+        return "other"
+    from transfuse_monai.utils.hardware import probe
+
+    return "amx" if probe().cpu_amx else "bf16"
 
 
 class Backend(NamedTuple):
@@ -112,8 +131,9 @@ def choose_backend(fast_paths: FastPaths, ckpt_path: str | os.PathLike, backend:
     if not fast_paths.precision.auto:
         return Backend("pytorch", None, f"auto: PyTorch, as {fast_paths.precision.reason}")
     native_bf16 = fast_paths.amp  # "auto" precision turned autocast on: the CPU computes bfloat16 natively
+    kind = cpu_class(native_bf16)
     ckpt_time = ckpt.stat().st_mtime if ckpt.is_file() else None
-    for name in AUTO_ORDER[native_bf16]:
+    for name in AUTO_ORDER[kind]:
         path = folder / name
         if not path.is_file():
             continue
@@ -125,7 +145,14 @@ def choose_backend(fast_paths: FastPaths, ckpt_path: str | os.PathLike, backend:
         if importlib.util.find_spec(module) is None:
             logger.info("%s found, but %s is not installed: not used.", path.name, module)
             continue
-        hardware = "native bfloat16" if native_bf16 else "no native bfloat16"
+        if name == "model_int8.xml":
+            from transfuse_monai.export import accuracy_controlled
+
+            if accuracy_controlled(path) is None:
+                logger.info("%s was quantised without accuracy control: not used (export it with --formats "
+                            "openvino-int8 --accuracy_count 64).", path.name)
+                continue
+        hardware = {"amx": "AMX", "bf16": "native bfloat16 without AMX", "other": "no native bfloat16"}[kind]
         return Backend(runtime, path, f"auto: {name} beside the checkpoint, the fastest runtime measured on CPUs "
                                       f"with {hardware}")
     return Backend("pytorch", None, "auto: PyTorch (no usable export beside the checkpoint)")
