@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prostate-speed": ("benchmarks.prostate_speed", "seconds per MR volume vs nnU-Net-like DynUNets"),
     "deploy-timing": ("benchmarks.deploy_timing", "seconds per item through the MONAI Deploy apps"),
     "folder-inference": ("benchmarks.folder_inference", "polyp bundle folder inference per path: images/s, profile"),
+    "cpu-bound": ("benchmarks.cpu_bound", "this CPU's peak per precision and TransFuse-S's latency bound"),
     "parity": ("benchmarks.parity", "Dice change of every fast path and export on polyp images"),
     "nnunet": ("benchmarks.nnunet", "TransFuse-S vs nnU-Net's 2D U-Net, trained by nnU-Net for equal time"),
     "table5": ("benchmarks.table5", "the paper's Table 5 ablations trained through the polyp bundle, complexity"),

@@ -72,11 +72,15 @@ PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "openvino": (("inference_openvino.json",), ()),
     "openvino+fp32": (("inference_openvino.json",), ("--openvino_precision", "f32")),
     "openvino-int8": (("inference_openvino.json",), ("--openvino_path", "{models}/model_int8.xml")),
+    "openvino-latency": (("inference_openvino.json",), ("--openvino_performance_hint", "latency")),
+    "openvino-int8-latency": (("inference_openvino.json",), ("--openvino_path", "{models}/model_int8.xml",
+                                                              "--openvino_performance_hint", "latency")),
 }
 #: the export format each path needs, and its file
 EXPORTS = {"onnx": ("onnx", "model.onnx"), "onnx-int8": ("onnx-int8", "model_int8.onnx"),
            "openvino": ("openvino", "model.xml"), "openvino+fp32": ("openvino", "model.xml"),
-           "openvino-int8": ("openvino-int8", "model_int8.xml")}
+           "openvino-int8": ("openvino-int8", "model_int8.xml"), "openvino-latency": ("openvino", "model.xml"),
+           "openvino-int8-latency": ("openvino-int8", "model_int8.xml")}
 
 
 # ---------------------------------------------------------------- used inside the bundle process (override config)
@@ -89,7 +93,7 @@ def attach_timers(evaluator, out_path: str) -> None:
     from ignite.engine import Events
     from monai.engines.utils import IterationEvents
 
-    sums = {"data_wait_s": 0.0, "network_s": 0.0, "post_s": 0.0}
+    sums = {"data_wait_s": 0.0, "network_s": 0.0, "post_s": 0.0, "images": 0}
     clock: dict[str, float] = {}
 
     def start(key):
@@ -108,9 +112,16 @@ def attach_timers(evaluator, out_path: str) -> None:
     evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, add("network_s", "iteration"))
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, add("post_s", "mark"))
 
+    def count(engine):  # the batch is decollated by now: a list of images (batches of the runtime's batch_size)
+        batch = engine.state.batch
+        sums["images"] += len(batch) if isinstance(batch, list) else len(batch["image"])
+
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, count)
+
     def completed(engine):
-        record = {**sums, "loop_s": time.perf_counter() - clock["loop"], "images": engine.state.iteration,
-                  "num_workers": engine.data_loader.num_workers, "torch_threads": torch.get_num_threads()}
+        record = {**sums, "loop_s": time.perf_counter() - clock["loop"], "batches": engine.state.iteration,
+                  "batch_size": engine.data_loader.batch_size, "num_workers": engine.data_loader.num_workers,
+                  "torch_threads": torch.get_num_threads()}
         Path(out_path).write_text(json.dumps(record, indent=2) + "\n")
 
     evaluator.add_event_handler(Events.COMPLETED, completed)
@@ -206,8 +217,9 @@ def run(args: argparse.Namespace) -> None:
             wall = run_checked(cmd, env_log)
             rec = json.loads(record_file.read_text())
             written = len(list(masks.glob("*.png")))
-            if written != n:
-                raise SystemExit(f"{path}: {written} masks written for {n} images (log: {env_log})")
+            if written != n or rec["images"] != n:
+                raise SystemExit(f"{path}: {rec['images']} images segmented and {written} masks written for {n} "
+                                 f"images (log: {env_log})")
             log_lines = env_log.read_text().splitlines()
 
             def logged(marker: str) -> str | None:
@@ -231,7 +243,7 @@ def run(args: argparse.Namespace) -> None:
     for path, s in summary.items():
         loop = s["loop_s"]
         rows.append([
-            path, f"{s['loop_images_per_s']:.2f}",
+            path, str(s["batch_size"]), f"{s['loop_images_per_s']:.2f}",
             f"{s['loop_images_per_s'] / base['loop_images_per_s']:.2f}x" if base else "n/a",
             f"{s['process_images_per_s']:.2f}", f"{s['startup_s']:.1f}",
             f"{1000 * s['data_wait_s'] / n:.0f} ({100 * s['data_wait_s'] / loop:.0f}%)",
@@ -244,8 +256,9 @@ def run(args: argparse.Namespace) -> None:
         f"Folder inference of the polyp bundle over {n} real test images ({' + '.join(TEST_SETS)}), checkpoint "
         f"{args.ckpt}; host {cpu_isa()}, {next(iter(summary.values()))['torch_threads']} threads, {workers} "
         f"DataLoader workers, load {loadavg()} at the end; median of {args.rounds} round(s).", "",
-        *md_table(["path", "images/s (loop)", "vs fp32", "images/s (process)", "start-up s", "data wait ms/image",
-                   "network ms/image", "post-processing + writing ms/image", "runtime; precision (as logged)"], rows, align="lrrrrrrrl"),
+        *md_table(["path", "batch", "images/s (loop)", "vs fp32", "images/s (process)", "start-up s",
+                   "data wait ms/image", "network ms/image", "post-processing + writing ms/image",
+                   "runtime; precision (as logged)"], rows, align="lrrrrrrrrl"),
         "", "Commands (from the repository root):", "", *(f"    {c}" for c in commands.values()), ""])
     print("\n" + report)
     write_results(out, report, {"settings": {k: str(v) for k, v in vars(args).items()}, "images": n,

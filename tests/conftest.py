@@ -74,6 +74,31 @@ def _temp_children(config) -> set:
     return set(base.iterdir()) if base.is_dir() else set()
 
 
+def pytest_sessionstart(session):
+    """Point ``TMPDIR`` (and :mod:`tempfile`) of the test process, and so of every process it starts, at a folder of
+    pytest's own temporary tree: MONAI Label's server writes its results with :mod:`tempfile` and
+    ``torch.distributed.run`` its rendezvous folders there, which would otherwise pile up in the system's ``/tmp``.
+    Created before the first module, it is outside every module's clean-up below; pytest prunes it with its session
+    folder."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    tmp = factory.mktemp("tmpdir", numbered=False)
+    _module_state["tmpdir_before"] = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = tempfile.tempdir = str(tmp)
+
+
+def pytest_sessionfinish(session):
+    if "tmpdir_before" not in _module_state:
+        return
+    before = _module_state.pop("tmpdir_before")
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     if item.module is not _module_state["module"]:

@@ -85,7 +85,8 @@ def test_training_override_imports_the_timers():
 
 def test_folder_inference_timers_split_the_evaluator_loop(tmp_path):
     """The timers that ``folder-inference`` attaches to a bundle's evaluator attribute the network and the
-    post-processing to the right phases (a post-processing that sleeps shows up there, not in the network)."""
+    post-processing to the right phases (a post-processing that sleeps shows up there, not in the network) and
+    count images, not batches (OpenVINO's throughput mode feeds batches of 2)."""
     import json
     import time
 
@@ -98,13 +99,13 @@ def test_folder_inference_timers_split_the_evaluator_loop(tmp_path):
         time.sleep(0.05)
         return data
 
-    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, 8, 8)} for _ in range(3)], batch_size=1)
+    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, 8, 8)} for _ in range(3)], batch_size=2)
     evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader,
                                     network=torch.nn.Conv2d(1, 1, 3, padding=1), postprocessing=slow_post)
     attach_timers(evaluator, str(tmp_path / "timing.json"))
     evaluator.run()
     rec = json.loads((tmp_path / "timing.json").read_text())
-    assert rec["images"] == 3 and rec["num_workers"] == 0
+    assert (rec["images"], rec["batches"], rec["batch_size"], rec["num_workers"]) == (3, 2, 2, 0)
     assert rec["post_s"] >= 0.15 and rec["network_s"] < 0.15
     assert rec["data_wait_s"] + rec["network_s"] + rec["post_s"] <= rec["loop_s"]
 
@@ -121,3 +122,45 @@ def test_budget_override_stops_at_equal_iterations():
                      "if e.state.iteration >= 200 else None)"]
     record = capped["+finalize"][-1]
     assert "'precision': @fast_paths.precision.reason" in record and capped["train#trainer#epoch_length"] == 50
+
+
+def test_cpu_bound_bounds_every_mac_at_its_peak():
+    """The bound is each class's MACs at its measured rate; int8 counts the attention at the best float rate."""
+    from benchmarks.cpu_bound import bounds
+
+    macs = {"conv": 4e9, "matmul": 2e9, "attention": 1e9}
+    peaks = {"f32": {"conv": 100.0, "matmul": 100.0}, "bf16": {"conv": 200.0, "matmul": 250.0},
+             "int8": {"conv": 400.0, "matmul": 500.0}}
+    got = bounds(macs, peaks)
+    assert got["f32"] == pytest.approx(70.0) and got["bf16"] == pytest.approx(32.0)
+    assert got["int8"] == pytest.approx(10.0 + 4.0 + 4.0)
+
+
+def test_cpu_bound_smoke_measures_peaks_and_an_ir(tmp_path, capsys):
+    """``cpu-bound --smoke`` end to end: the network's MACs, OpenVINO's peaks per precision this CPU offers, fp32
+    eager and a given IR in one table; an IR of another input size is refused before anything is measured."""
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'transfuse-monai[openvino]')")
+    import json
+
+    import torch
+
+    from benchmarks.cpu_bound import precisions
+    from transfuse_monai.export import export_openvino_model
+    from transfuse_monai.networks.nets import TransFuse
+
+    torch.manual_seed(0)
+    export_openvino_model(TransFuse(img_size=(64, 64)), tmp_path / "ir" / "model.xml", (3, 64, 64))
+    export_openvino_model(TransFuse(img_size=(96, 96)), tmp_path / "ir96" / "model.xml", (3, 96, 96))
+    with pytest.raises(SystemExit, match=r"ir96/model.xml takes inputs of \[\?,3,96,96\], not 64x64"):
+        main(["cpu-bound", "--smoke", "--ir", str(tmp_path / "ir96" / "model.xml"), "--out", str(tmp_path / "no")])
+    assert not (tmp_path / "no").exists()
+    main(["cpu-bound", "--smoke", "--threads", "1", "--ir", str(tmp_path / "ir" / "model.xml"),
+          "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(data["peaks_gmac_per_s"]) == set(precisions()) and "f32" in data["peaks_gmac_per_s"]
+    assert all(v > 0 for peak in data["peaks_gmac_per_s"].values() for v in peak.values())
+    assert data["macs"]["conv"] > data["macs"]["matmul"] > data["macs"]["attention"] > 0
+    (precision, ms), = data["irs"].values()
+    assert ms > 0 and precision in ("f32", "bf16", "f16")
+    out = capsys.readouterr().out
+    assert "| fp32 eager PyTorch |" in out and "| bound, f32 |" in out and "| model.xml (" in out

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from transfuse_monai.losses import DeepSupervisionStructureLoss, StructureLoss, TransFuseLoss
+from transfuse_monai.losses.structure_loss import box_mean
 
 
 @pytest.fixture()
@@ -76,6 +77,20 @@ def test_bad_inputs(square_mask):
         StructureLoss(kernel_size=30)
     with pytest.raises(ValueError, match="deep-supervision weights"):
         DeepSupervisionStructureLoss(weights=(0.5, 0.5))(torch.zeros(1, 3, 1, 352, 352), square_mask)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel", [((2, 1, 48, 40), 31), ((1, 3, 9, 70), 31), ((2, 2, 17, 23), 5), ((1, 1, 6, 6), 1)]
+)
+def test_box_mean_is_zero_padded_average_pooling(shape, kernel):
+    """The two one-dimensional passes give avg_pool2d's window mean, padding counted, also for windows wider than the
+    image and for soft targets."""
+    torch.manual_seed(0)
+    for x in ((torch.rand(shape) > 0.6).float(), torch.rand(shape)):
+        expected = F.avg_pool2d(x, kernel, stride=1, padding=kernel // 2)
+        got = box_mean(x, kernel)
+        assert got.shape == x.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
 
 
 def test_matches_pooling_definition():

@@ -106,9 +106,10 @@ def test_inference_openvino_sets_only_the_runtime():
     """The layer names the runtime and its options; inference.json builds the network from them (and disables its
     CheckpointLoader for an export)."""
     layer = json.loads((CONFIGS / "inference_openvino.json").read_text())
-    assert set(layer) == {"openvino_path", "openvino_precision", "openvino_threads", "backend", "runtime_options"}
+    assert set(layer) == {"openvino_path", "openvino_precision", "openvino_threads", "openvino_performance_hint",
+                          "backend", "runtime_options"}
     assert layer["backend"] == "openvino" and set(layer["runtime_options"]) == {"model_path", "num_threads",
-                                                                               "precision"}
+                                                                               "precision", "performance_hint"}
     base = json.loads((CONFIGS / "inference.json").read_text())
     assert base["handlers"][0]["_target_"] == "CheckpointLoader"
     assert "@runtime.exported" in base["handlers"][0]["_disabled_"] and base["backend"] == "auto"
@@ -201,6 +202,15 @@ def test_accuracy_controlled_int8_export_is_marked_for_auto(exported, tmp_path):
     assert 0.0 <= control["drop"] <= 1.0
     assert export.accuracy_controlled(tmp_path / "model_int8.xml") == 1.0
     assert export.accuracy_controlled(exported["results"]["openvino"]["file"]) is None
+    # run in the precision its accuracy was measured in (NNCF's: float32 around the int8 operations), unless told
+    from transfuse_monai.inferers import OpenVINONetwork
+
+    assert OpenVINONetwork(tmp_path / "model_int8.xml", num_threads=1).precision == "f32"
+    default = ov.Core().compile_model(str(exported["results"]["openvino"]["file"]), "CPU")
+    assert OpenVINONetwork(exported["results"]["openvino"]["file"], num_threads=1).precision == \
+        default.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    if default.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "bf16":
+        assert OpenVINONetwork(tmp_path / "model_int8.xml", precision="bf16", num_threads=1).precision == "bf16"
     with pytest.raises(ValueError, match="max_drop must be >= 0"):
         export.quantize_openvino_int8(exported["results"]["openvino"]["file"], tmp_path / "x.xml",
                                       np.zeros((1, 3, *TINY), np.float32), accuracy=[(None, None)], max_drop=-1)
@@ -256,3 +266,48 @@ def test_openvino_network_runs_an_onnx_model(tmp_path):
     model = OpenVINONetwork(tmp_path / "model.onnx", precision="f32", num_threads=1)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(model(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_throughput_mode_runs_a_batch_in_parallel_requests_in_order(exported):
+    """Throughput mode gives every image of a batch its own inference request: the outputs come back in the batch's
+    order and equal one-at-a-time latency-mode inference; a bad hint is refused before anything is compiled."""
+    from transfuse_monai.inferers import OpenVINONetwork
+
+    xml = exported["root"] / "models" / "model.xml"
+    latency = OpenVINONetwork(xml, precision="f32", num_threads=2)
+    throughput = OpenVINONetwork(xml, precision="f32", num_threads=2, performance_hint="throughput")
+    assert latency.parallel_requests == 1 and throughput.parallel_requests >= 1
+    assert "performance_hint='throughput'" in repr(throughput)
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, *TINY)
+    expected = torch.cat([latency(x[i : i + 1]) for i in range(len(x))])
+    for _ in range(2):  # the request queue is reused from call to call
+        torch.testing.assert_close(throughput(x), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(throughput(x[:1]), expected[:1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="performance_hint must be one of latency, throughput"):
+        OpenVINONetwork(xml, performance_hint="fast")
+
+
+def test_runtime_feeds_openvino_batches_of_its_parallel_requests(exported):
+    """The bundle's DataLoader takes InferenceRuntime.batch_size images at a time: the OpenVINO network's parallel
+    requests (throughput, the default), 1 in latency mode and for PyTorch."""
+    from monai.bundle import ConfigParser
+
+    from transfuse_monai.bundle import FastPaths, InferenceRuntime
+
+    ckpt = exported["ckpt"]
+    paths = FastPaths("cpu", "auto", "auto", False)
+    runtime = InferenceRuntime(paths, ckpt, "openvino", num_threads=2)
+    net = runtime.network(None)
+    assert net is runtime.network(None), "the IR is compiled once"
+    assert net.performance_hint == "throughput" and runtime.batch_size == net.parallel_requests >= 1
+    assert InferenceRuntime(paths, ckpt, "openvino", performance_hint="latency").batch_size == 1
+    assert InferenceRuntime(paths, ckpt, "pytorch").batch_size == 1
+    with pytest.raises(ValueError, match="performance_hint must be one of auto, latency, throughput"):
+        InferenceRuntime(paths, ckpt, "openvino", performance_hint="fast")
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "inference_openvino.json")])
+    parser.update({"bundle_root": str(REPO / "bundles" / "polyp"), "image_size": TINY,
+                   "ckpt_dir": str(ckpt.parent), "num_workers": 0,
+                   "input_dir": str(exported["data"] / "TestDataset" / "Kvasir" / "images")})
+    assert parser.get_parsed_content("dataloader").batch_size == parser.get_parsed_content("runtime").batch_size

@@ -18,10 +18,27 @@ from torch.nn.modules.loss import _Loss
 from monai.losses import DeepSupervisionLoss
 from monai.utils import LossReduction
 
-__all__ = ["StructureLoss", "DeepSupervisionStructureLoss", "TRANSFUSE_DS_WEIGHTS", "unstack_heads"]
+__all__ = ["StructureLoss", "DeepSupervisionStructureLoss", "TRANSFUSE_DS_WEIGHTS", "box_mean", "unstack_heads"]
 
 #: Weights of TransFuse's three heads: final fused map, transformer branch, deepest fusion.
 TRANSFUSE_DS_WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def box_mean(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Mean over a ``kernel_size`` square around every pixel of ``(B, C, H, W)`` maps, zero padding counted.
+
+    Equals ``F.avg_pool2d(x, kernel_size, stride=1, padding=kernel_size // 2)`` (whose padding is counted in the
+    average), computed as two one-dimensional passes: ``2k`` additions per pixel instead of ``k**2``. For the
+    structure loss's 31x31 window that is 15 times less work; the two-dimensional pooling took a fifth of a
+    bfloat16 training step of TransFuse-S on the CPU.
+
+    Args:
+        x: the maps, ``(B, C, H, W)``.
+        kernel_size: odd window size.
+    """
+    pad = kernel_size // 2
+    x = F.avg_pool2d(x, kernel_size=(kernel_size, 1), stride=1, padding=(pad, 0))
+    return F.avg_pool2d(x, kernel_size=(1, kernel_size), stride=1, padding=(0, pad))
 
 
 class StructureLoss(_Loss):
@@ -79,10 +96,7 @@ class StructureLoss(_Loss):
             input, target = input[:, 1:], target[:, 1:]
         input = input.float()
         target = target.to(input)
-        pad = self.kernel_size // 2
-        weight = 1 + self.boundary_weight * torch.abs(
-            F.avg_pool2d(target, kernel_size=self.kernel_size, stride=1, padding=pad) - target
-        )
+        weight = 1 + self.boundary_weight * torch.abs(box_mean(target, self.kernel_size) - target)
         bce = F.binary_cross_entropy_with_logits(input, target, reduction="none")
         wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
         prob = torch.sigmoid(input)
