@@ -61,6 +61,8 @@ PER_TASK_IDS = {
                                                            "softmax networks leave their background channel out",
     "validate#key_metric#val_mean_dice#include_background": "as train_mean_dice's",
     "validate#dataloader#batch_size": "volume tasks validate one volume per batch (slice counts differ)",
+    "dataloader#batch_size": "inference: one volume per batch for volume tasks (its slices are the network's batch), "
+                             "the runtime's parallel requests for images (InferenceRuntime.batch_size)",
     "validate#inferer": "slice-by-slice inference over volumes",
     "inferer": "inference: slice-by-slice over volumes, or the whole image",
     "validate#handlers": "evaluation: the task's benchmark tables",
