@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks.common import OUTPUT, cpu_isa, hardware, loadavg, md_table, stats_ms, time_calls, write_results
 
-#: the blocks whose throughput stands for the network's operations: (name, operation class, input shape)
+#: the blocks whose throughput stands for the network's operations: (operation class, what the block is)
 BLOCKS = (("conv", "two 3x3 convolutions, 256 channels, 88x88"), ("matmul", "MLP 384-1536-384, 484 tokens"))
 
 

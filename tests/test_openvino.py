@@ -199,6 +199,7 @@ def test_accuracy_controlled_int8_export_is_marked_for_auto(exported, tmp_path):
                                        accuracy_count=3, max_drop=1.0, image_size=TINY)
     control = info["accuracy_control"]
     assert control["accuracy_images"] == 3 and control["max_drop"] == 1.0 and control["quantized"] > 40
+    assert info["precision"] == "f32", "the export verifies the IR in the precision it records, as inference runs it"
     assert 0.0 <= control["drop"] <= 1.0
     assert export.accuracy_controlled(tmp_path / "model_int8.xml") == 1.0
     assert export.accuracy_controlled(exported["results"]["openvino"]["file"]) is None
